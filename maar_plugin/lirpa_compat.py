@@ -9,6 +9,8 @@ before ``auto_LiRPA`` (``maar_plugin`` does it on import).
 from __future__ import annotations
 
 import importlib.metadata
+import logging
+import warnings
 
 import torch
 from packaging.version import Version
@@ -77,5 +79,10 @@ def apply() -> bool:
     if not needs_patches(_installed_lirpa_version()):
         return False
     _patch_torch_internals()
-    _patch_alpha_projection()
+    # auto_LiRPA 0.3's import scripts functions (a FutureWarning on torch 2.x), probes for a CUDA
+    # toolkit it only needs for optional kernels, and resets the global warning filters; recording the
+    # import's warnings drops them and restores the filters afterwards.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    with warnings.catch_warnings(record=True):
+        _patch_alpha_projection()
     return True

@@ -1,0 +1,1 @@
+"""Certified training: configuration, ε schedule, the training loop, checkpoints and metrics."""

@@ -1,0 +1,209 @@
+"""``maar train``: the certified-training loop with ε schedule, checkpoints, metrics and exact resume."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from maar_plugin.data import dataset_info, load_dataset
+from maar_plugin.errors import MaarError
+from maar_plugin.models import create_model
+from maar_plugin.objectives import create_objective
+from maar_plugin.training.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
+from maar_plugin.training.config import TrainConfig, load_run_config, save_config
+from maar_plugin.training.evaluate import evaluate_robustness
+from maar_plugin.training.metrics_log import plot_metrics, write_metrics
+from maar_plugin.training.schedule import SmoothedEpsSchedule
+from maar_plugin.training.shi_warmup import ibp_initialize_, warmup_regularizer
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MaarError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        if not (run_dir / CHECKPOINT_NAME).is_file():
+            raise MaarError(f"cannot resume: {run_dir} holds no checkpoint")
+        return
+    if (run_dir / "config.json").exists():
+        raise MaarError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise MaarError(f"cannot write to output directory {run_dir}: {error.strerror}") from None
+
+
+@dataclass
+class _EpochTotals:
+    """Running sums of the loss parts and training accuracy over one epoch."""
+
+    parts: dict[str, float]
+    correct: int = 0
+    seen: int = 0
+    steps: int = 0
+
+    def add(self, parts: dict[str, float], logits: Tensor, labels: Tensor) -> None:
+        for key, value in parts.items():
+            self.parts[key] = self.parts.get(key, 0.0) + value
+        self.correct += int((logits.argmax(dim=1) == labels).sum())
+        self.seen += len(labels)
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        record = {f"loss_{key}": value / max(self.steps, 1) for key, value in self.parts.items()}
+        record["train_accuracy"] = 100.0 * self.correct / max(self.seen, 1)
+        return record
+
+
+def _save(run_dir: Path, model, optimizer, lr_schedule, epoch: int, history: list[dict]) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_schedule": lr_schedule.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "cpu_rng": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    atomic_torch_save(run_dir / CHECKPOINT_NAME, state)
+
+
+def train(
+    config: TrainConfig | None,
+    run_dir: str | Path,
+    resume: bool = False,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Train (or resume) a run in ``run_dir``; returns the per-epoch metric records.
+
+    Each epoch ends with metrics on a test subset, the metrics files and an atomic checkpoint, so an
+    interrupted run resumes from its last finished epoch and reproduces the uninterrupted run exactly
+    (on CPU): data order is seeded per epoch and the RNG state is part of the checkpoint.
+    """
+    run_dir = Path(run_dir)
+    _prepare_run_dir(run_dir, resume)
+    if resume:
+        config = load_run_config(run_dir)
+    elif config is None:
+        raise MaarError("a configuration is required for a new run")
+    device = resolve_device(config.device)
+    info = dataset_info(config.dataset)
+    train_images, train_labels = load_dataset(config.dataset, "train", config.data_dir, device)
+    test_images, test_labels = load_dataset(config.dataset, "test", config.data_dir, device)
+    if config.train_count is not None:
+        train_images, train_labels = train_images[: config.train_count], train_labels[: config.train_count]
+    eval_images, eval_labels = test_images[: config.eval_count], test_labels[: config.eval_count]
+
+    torch.manual_seed(config.seed)
+    model = create_model(config.model, info)
+    if config.ibp_init:
+        ibp_initialize_(model)
+    model.to(device)
+    objective = create_objective(config.objective, model, info, **config.objective_args)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    lr_schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_decay_epochs), config.lr_decay_factor)
+    steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
+    schedule = SmoothedEpsSchedule(
+        config.effective_train_eps, config.warmup_epochs * steps_per_epoch, config.ramp_epochs * steps_per_epoch
+    )
+
+    history: list[dict] = []
+    first_epoch = 0
+    if resume:
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        lr_schedule.load_state_dict(state["lr_schedule"])
+        history = list(state["history"])
+        first_epoch = int(state["epoch"]) + 1
+        torch.set_rng_state(state["cpu_rng"].cpu())
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        log(f"resuming {run_dir} after epoch {first_epoch} of {config.epochs}")
+    else:
+        save_config(config, run_dir / "config.json")
+
+    for epoch in range(first_epoch, config.epochs):
+        started = time.perf_counter()
+        model.train()
+        totals = _EpochTotals(parts={})
+        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        order = order.to(device)
+        batches = range(steps_per_epoch)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show_progress, leave=False)
+        for batch_index in bar:
+            step = epoch * steps_per_epoch + batch_index
+            indices = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            x, y = train_images[indices], train_labels[indices]
+            eps = schedule.eps(step)
+            terms = objective.loss(x, y, eps, schedule.progress(step))
+            loss = terms.total
+            parts = dict(terms.parts)
+            if config.warmup_regularizer > 0 and schedule.in_ramp(step):
+                regularizer = warmup_regularizer(model, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
+                loss = loss + config.warmup_regularizer * regularizer
+                parts["warmup_reg"] = float(regularizer)
+            if not torch.isfinite(loss):
+                kept = f"the checkpoint after epoch {len(history)} is kept" if history else "no epoch had finished"
+                raise MaarError(
+                    f"loss became {float(loss)} at epoch {epoch + 1}, step {batch_index + 1} (ε={eps:.4g}) in "
+                    f"{run_dir}; {kept}. Try a lower --lr or a longer --ramp-epochs"
+                )
+            parts["total"] = float(loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            totals.add(parts, terms.logits.detach(), y)
+            bar.set_postfix(loss=f"{float(loss):.3f}", eps=f"{eps:.3f}")
+        bar.close()
+        lr_schedule.step()
+        train_seconds = time.perf_counter() - started
+        accuracies = evaluate_robustness(
+            model, eval_images, eval_labels, config.eps, info.num_classes,
+            pgd_steps=config.eval_pgd_steps, crown=config.eval_crown,
+        )
+        record = {
+            "epoch": epoch + 1,
+            "train_eps": schedule.eps((epoch + 1) * steps_per_epoch - 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            **totals.means(),
+            **accuracies,
+            "eval_eps": config.eps,
+            "eval_count": len(eval_images),
+            "train_seconds": train_seconds,
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        write_metrics(run_dir, history)
+        plot_metrics(run_dir, history)
+        _save(run_dir, model, optimizer, lr_schedule, epoch, history)
+        log(format_epoch(record, config.epochs))
+    return history
+
+
+def format_epoch(record: dict, epochs: int) -> str:
+    accuracies = "  ".join(
+        f"{key}={record[key]:.2f}%" for key in ("clean", "pgd", "ibp_verified", "crown_verified") if key in record
+    )
+    return (
+        f"epoch {record['epoch']}/{epochs}  ε={record['train_eps']:.4f}  "
+        f"loss={record.get('loss_total', float('nan')):.4f}  {accuracies}  ({record['seconds']:.1f} s)"
+    )
