@@ -1,6 +1,7 @@
 """Make the PyPI build of auto_LiRPA (0.3) work on torch 2.x; a no-op on newer auto_LiRPA.
 
-auto_LiRPA 0.3 (2022) relies on two torch internals that torch 2.x removed, and its alpha-CROWN
+auto_LiRPA 0.3 (2022) relies on two torch internals that torch 2.x removed, overrides
+``_named_members`` with a signature that torch 2.x no longer calls it with, and its alpha-CROWN
 projects each ReLU slope with ``torch.clamp``, whose gradient current torch sets to zero *at* the
 bounds; 0.3 starts every slope exactly at 0 or 1, so no slope ever moves. Each patch is applied only
 when the thing it repairs is missing or broken, and only to auto_LiRPA < 0.4. Import this module
@@ -9,6 +10,7 @@ before ``auto_LiRPA`` (``maar_plugin`` does it on import).
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
 import logging
 import warnings
 
@@ -52,6 +54,21 @@ def _patch_torch_internals() -> None:
         torch._C.Node.__getitem__ = _node_getitem
 
 
+def _patch_named_members() -> None:
+    """torch 2.x's ``nn.Module.named_parameters`` passes ``remove_duplicate``, which 0.3's override of
+    ``_named_members`` does not take (it always removes duplicates); CROWN's sparse specifications call it."""
+    from auto_LiRPA import BoundedModule
+
+    original = BoundedModule._named_members
+    if "remove_duplicate" in inspect.signature(original).parameters:
+        return
+
+    def named_members(self, get_members_fn, prefix="", recurse=True, remove_duplicate=True):
+        return original(self, get_members_fn, prefix=prefix, recurse=recurse)
+
+    BoundedModule._named_members = named_members
+
+
 def _patch_alpha_projection() -> None:
     from auto_LiRPA.operators.activation import BoundRelu
 
@@ -85,4 +102,5 @@ def apply() -> bool:
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with warnings.catch_warnings(record=True):
         _patch_alpha_projection()
+        _patch_named_members()
     return True

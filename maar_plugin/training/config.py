@@ -43,7 +43,7 @@ class TrainConfig:
     train_count: int | None = _option(None, "train on the first N training images only (default: all)")
     eval_count: int = _option(1000, "test images for the per-epoch metrics")
     eval_pgd_steps: int = _option(20, "PGD steps of the per-epoch attack")
-    eval_crown: bool = _option(True, "also report CROWN-verified accuracy each epoch")
+    eval_crown_count: int = _option(200, "first test images of the subset that also get CROWN bounds each epoch (0 = none)")
     seed: int = _option(0, "random seed")
     device: str = _option("auto", "cuda, cpu or auto (cuda when available)")
 
@@ -58,6 +58,8 @@ class TrainConfig:
             raise MaarError(f"train_eps must be in (0, 1], got {self.train_eps}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_count < 1:
             raise MaarError("epochs, batch_size and eval_count must be positive")
+        if not 0 <= self.eval_crown_count <= self.eval_count:
+            raise MaarError(f"eval_crown_count must be in 0..eval_count ({self.eval_count}), got {self.eval_crown_count}")
         if self.warmup_epochs < 0 or self.ramp_epochs < 0:
             raise MaarError("warmup_epochs and ramp_epochs must be >= 0")
         if self.lr <= 0:

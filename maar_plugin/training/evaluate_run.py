@@ -50,7 +50,7 @@ def evaluate_run(
         images, labels = images[:count], labels[:count]
     accuracies = evaluate_robustness(
         model, images, labels, eps, dataset_info(config.dataset).num_classes,
-        pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, crown=crown,
+        pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, crown_count=None if crown else 0,
     )
     results = {"run": str(run_dir), "objective": config.objective, "model": config.model, "eps": eps,
                "count": len(images), **accuracies}

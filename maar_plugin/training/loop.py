@@ -104,18 +104,17 @@ def train(
         raise MaarError("a configuration is required for a new run")
     device = resolve_device(config.device)
     info = dataset_info(config.dataset)
-    train_images, train_labels = load_dataset(config.dataset, "train", config.data_dir, device)
-    test_images, test_labels = load_dataset(config.dataset, "test", config.data_dir, device)
-    if config.train_count is not None:
-        train_images, train_labels = train_images[: config.train_count], train_labels[: config.train_count]
-    eval_images, eval_labels = test_images[: config.eval_count], test_labels[: config.eval_count]
-
     torch.manual_seed(config.seed)
     model = create_model(config.model, info)
     if config.ibp_init:
         ibp_initialize_(model)
     model.to(device)
     objective = create_objective(config.objective, model, info, **config.objective_args)
+    train_images, train_labels = load_dataset(config.dataset, "train", config.data_dir, device)
+    test_images, test_labels = load_dataset(config.dataset, "test", config.data_dir, device)
+    if config.train_count is not None:
+        train_images, train_labels = train_images[: config.train_count], train_labels[: config.train_count]
+    eval_images, eval_labels = test_images[: config.eval_count], test_labels[: config.eval_count]
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     lr_schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.lr_decay_epochs), config.lr_decay_factor)
     steps_per_epoch = math.ceil(len(train_images) / config.batch_size)
@@ -165,20 +164,20 @@ def train(
                     f"loss became {float(loss)} at epoch {epoch + 1}, step {batch_index + 1} (ε={eps:.4g}) in "
                     f"{run_dir}; {kept}. Try a lower --lr or a longer --ramp-epochs"
                 )
-            parts["total"] = float(loss)
+            parts["total"] = loss.item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             totals.add(parts, terms.logits.detach(), y)
-            bar.set_postfix(loss=f"{float(loss):.3f}", eps=f"{eps:.3f}")
+            bar.set_postfix(loss=f"{parts['total']:.3f}", eps=f"{eps:.3f}")
         bar.close()
         lr_schedule.step()
         train_seconds = time.perf_counter() - started
         accuracies = evaluate_robustness(
             model, eval_images, eval_labels, config.eps, info.num_classes,
-            pgd_steps=config.eval_pgd_steps, crown=config.eval_crown,
+            pgd_steps=config.eval_pgd_steps, crown_count=config.eval_crown_count,
         )
         record = {
             "epoch": epoch + 1,
@@ -188,6 +187,7 @@ def train(
             **accuracies,
             "eval_eps": config.eps,
             "eval_count": len(eval_images),
+            "eval_crown_count": min(config.eval_crown_count, len(eval_images)),
             "train_seconds": train_seconds,
             "seconds": time.perf_counter() - started,
         }

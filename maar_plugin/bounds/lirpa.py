@@ -1,0 +1,144 @@
+"""A small wrapper around auto_LiRPA's ``BoundedModule``: bounds of ``spec @ model(x)`` over an input box.
+
+The ``BoundedModule`` is built once and shares the model's parameters, so bounds are differentiable
+with respect to them (certified training back-propagates through them). It follows the model's
+train/eval mode on every call: with BatchNorm in train mode the batch statistics of the box centres
+are used, as in the clean forward pass; in eval mode the model's current running statistics are
+copied in first (the ``BoundedModule`` keeps its own copies of buffers). Each call runs one forward
+pass of the box centres before bounding, as auto_LiRPA's own training examples do.
+"""
+from __future__ import annotations
+
+import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+from torch import Tensor, nn
+
+from maar_plugin.errors import MaarError
+from maar_plugin.models.normalize import Normalize
+
+METHODS = ("IBP", "CROWN-IBP", "CROWN", "alpha-CROWN")
+
+
+class LirpaBounds:
+    """Bounds of a classifier's specification rows by IBP, CROWN-IBP, CROWN or alpha-CROWN.
+
+    ``example_input`` only fixes the per-example shape; its batch size may differ from later calls.
+    Build it before a step's forward pass: auto_LiRPA reloads the parameters in place while building.
+    alpha-CROWN optimises the ReLU slopes of the final bound for ``alpha_iterations`` Adam steps of
+    rate ``alpha_lr`` (Xu et al. 2021).
+    """
+
+    def __init__(self, model: nn.Module, example_input: Tensor, alpha_iterations: int = 20, alpha_lr: float = 0.5):
+        self.model = model
+        options = {"optimize_bound_args": {"iteration": alpha_iterations, "lr_alpha": alpha_lr}, "verbosity": 0}
+        # Built in eval mode, so that BatchNorm accepts a one-example input and keeps its running statistics.
+        was_training = model.training
+        model.eval()
+        try:
+            with _parameters_kept_trainable(model):
+                self.bounded = BoundedModule(
+                    normalize_as_convolution(model), example_input.detach(), bound_opts=options,
+                    device=example_input.device,
+                )
+        finally:
+            model.train(was_training)
+        model_buffers = dict(model.named_buffers())
+        self._buffer_nodes = [
+            node for node in self.bounded._modules.values() if getattr(node, "ori_name", None) in model_buffers
+        ]
+
+    def bounds(
+        self, lower: Tensor, upper: Tensor, spec: Tensor | None, method: str, bound_upper: bool = True
+    ) -> tuple[Tensor, Tensor | None]:
+        """(lower, upper) bounds of ``spec @ logits`` [B, S] (or of the logits when ``spec`` is None).
+
+        A spec with batch dimension 1 is shared by all examples.
+        The upper bound is None when ``bound_upper`` is False (CROWN methods then skip half the work).
+        """
+        if method not in METHODS:
+            raise MaarError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
+        lirpa_method = "CROWN-Optimized" if method == "alpha-CROWN" else method
+        caller_wants_grad = torch.is_grad_enabled()
+        # alpha-CROWN optimises its slopes by gradient descent, also when the caller disabled gradients.
+        with _parameters_kept_trainable(self.model), torch.set_grad_enabled(caller_wants_grad or method == "alpha-CROWN"):
+            lower_bound, upper_bound = self.bounded.compute_bounds(
+                x=self._forward_centre(lower, upper), C=_batched(spec, lower), method=lirpa_method,
+                bound_upper=bound_upper or method == "IBP",
+            )
+        if not caller_wants_grad:
+            lower_bound, upper_bound = lower_bound.detach(), upper_bound.detach() if bound_upper else None
+        return lower_bound, (upper_bound if bound_upper else None)
+
+    def ibp_and_crown_ibp_lower(
+        self, lower: Tensor, upper: Tensor, spec: Tensor, crown_spec: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """IBP lower bounds of ``spec`` rows and CROWN-IBP lower bounds of ``crown_spec`` rows (default: the
+        same rows) from one IBP pass: CROWN-IBP's intermediate bounds are IBP's (Zhang et al. 2020)."""
+        crown_spec = spec if crown_spec is None else crown_spec
+        with _parameters_kept_trainable(self.model):
+            bounded_input = self._forward_centre(lower, upper)
+            ibp_lower, _ = self.bounded.compute_bounds(x=bounded_input, C=_batched(spec, lower), method="IBP")
+            crown_ibp_lower, _ = self.bounded.compute_bounds(
+                C=_batched(crown_spec, lower), IBP=False, method="backward", bound_upper=False
+            )
+        return ibp_lower, crown_ibp_lower
+
+    def _forward_centre(self, lower: Tensor, upper: Tensor) -> tuple[BoundedTensor]:
+        """The box as auto_LiRPA's input (centre + perturbation), after the forward pass bounds start from.
+
+        The forward pass is what sets train-mode BatchNorm's batch statistics (those of the centres);
+        mode and buffers are synced with the model first.
+        """
+        if lower.shape != upper.shape:
+            raise MaarError(f"box bounds differ in shape: {tuple(lower.shape)} vs {tuple(upper.shape)}")
+        self.bounded.train(self.model.training)
+        if not self.model.training:
+            model_buffers = dict(self.model.named_buffers())
+            with torch.no_grad():
+                for node in self._buffer_nodes:
+                    node.buffer.copy_(model_buffers[node.ori_name])
+        perturbation = PerturbationLpNorm(norm=np.inf, x_L=lower, x_U=upper)
+        bounded_input = (BoundedTensor((lower + upper) / 2, perturbation),)
+        self.bounded(*bounded_input)
+        return bounded_input
+
+
+def normalize_as_convolution(model: nn.Module) -> nn.Module:
+    """The same function with a leading ``Normalize`` replaced by an equal 1x1 convolution.
+
+    auto_LiRPA 0.3 cannot pass CROWN bounds in its fast "patches" mode through per-channel Sub/Div
+    constants (an assertion in its constant multiplication); a 1x1 convolution it handles. All other
+    modules are shared, so parameters, gradients and BatchNorm buffers stay the model's own.
+    """
+    if not (isinstance(model, nn.Sequential) and len(model) and isinstance(model[0], Normalize)):
+        return model
+    normalize = model[0]
+    channels = normalize.mean.shape[1]
+    convolution = nn.Conv2d(channels, channels, kernel_size=1).to(normalize.mean.device)
+    with torch.no_grad():
+        convolution.weight.copy_(torch.diag(1.0 / normalize.std.flatten()).view(channels, channels, 1, 1))
+        convolution.bias.copy_(-(normalize.mean / normalize.std).flatten())
+    convolution.requires_grad_(False)
+    return nn.Sequential(convolution, *list(model)[1:])
+
+
+def _batched(spec: Tensor | None, inputs: Tensor) -> Tensor | None:
+    """The spec with one copy per example, as auto_LiRPA wants it."""
+    return None if spec is None else spec.expand(inputs.shape[0], -1, -1)
+
+
+@contextmanager
+def _parameters_kept_trainable(model: nn.Module) -> Iterator[None]:
+    """Restore each parameter's ``requires_grad`` afterwards: auto_LiRPA 0.3 clears it in eval mode."""
+    flags = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        yield
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)

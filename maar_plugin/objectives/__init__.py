@@ -1,0 +1,17 @@
+"""Training objectives by name: ``create_objective("maar", model, info, lam=0.5)``; ``maar objectives`` lists them.
+
+Built-ins: natural, pgd, ibp, crown-ibp, maar (+ aliases maar-ibp, maar-crown-ibp). Third parties add
+objectives through the ``maar_plugin.objectives`` entry-point group ("name = module:Class").
+"""
+from maar_plugin.objectives import adversarial, certified, maar, natural  # noqa: F401  (register built-ins)
+from maar_plugin.objectives.base import LossTerms, Objective, hyperparameter
+from maar_plugin.objectives.registry import (
+    ENTRY_POINT_GROUP,
+    create_objective,
+    list_objectives,
+    objective_hyperparameters,
+    register_objective,
+)
+
+__all__ = ["ENTRY_POINT_GROUP", "LossTerms", "Objective", "create_objective", "hyperparameter", "list_objectives",
+           "objective_hyperparameters", "register_objective"]

@@ -1,0 +1,143 @@
+"""Certified training from margin lower bounds: IBP (Gowal et al. 2018) and CROWN-IBP (Zhang et al. 2020).
+
+Both minimise κ·CE(clean) + (1−κ)·robust CE, with κ ramped from ``kappa_start`` to ``kappa_end`` over
+the ε ramp; they differ in one hook, ``pairwise_and_margin_lower``. The bound pass runs on the
+pairwise specification (rows z_j − z_k, j ≠ k), shared by all examples: it contains every margin row,
+costs IBP no more than the per-example margin rows, and gives a regulariser (MAAR) upper bounds of all
+logit differences from the same pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maar_plugin.bounds.ibp import interval_bounds
+from maar_plugin.bounds.lirpa import LirpaBounds
+from maar_plugin.bounds.specs import margin_spec, margins_from_pairwise, pairwise_matrix, pairwise_spec
+from maar_plugin.data import DatasetInfo
+from maar_plugin.models import SUPPORTED_LAYERS
+from maar_plugin.objectives.base import LossTerms, Objective, hyperparameter
+from maar_plugin.objectives.losses import linear_ramp, robust_ce_from_margins
+from maar_plugin.objectives.registry import register_objective
+
+
+@dataclass
+class RobustBounds:
+    """Margin lower bounds [B, K-1] (loss), pairwise lower bounds [B, K, K] of z_j − z_k, logged scalars."""
+
+    margin_lower: Tensor
+    pairwise_lower: Tensor
+    parts: dict[str, float]
+
+
+@dataclass(frozen=True)
+class IbpHyperparameters:
+    kappa_start: float = hyperparameter(1.0, "weight κ of the clean cross-entropy at the start of the ε ramp")
+    kappa_end: float = hyperparameter(0.0, "κ at the end of the ε ramp (Zhang et al. 2020; Gowal et al. use 0.5)")
+
+
+@dataclass(frozen=True)
+class CrownIbpHyperparameters(IbpHyperparameters):
+    beta_start: float = hyperparameter(1.0, "weight β of the CROWN-IBP bound (vs IBP) at the start of the ε ramp")
+    beta_end: float = hyperparameter(0.0, "β at the end of the ε ramp; at β = 0 only IBP is computed")
+
+
+class CertifiedObjective(Objective):
+    """κ·CE(clean) + (1−κ)·CE(worst-case logits from margin lower bounds); subclasses bound the margins."""
+
+    Hyperparameters = IbpHyperparameters
+    needs_crown: ClassVar[bool] = False
+
+    def __init__(self, model: nn.Module, info: DatasetInfo, **hyperparameters: Any):
+        super().__init__(model, info, **hyperparameters)
+        # Built here, not on first use: building reloads the model's state in place, which would break
+        # the autograd graph of a forward pass already made in the same step.
+        self.fused_ibp = _fused_ibp_supports(model)
+        self.lirpa: LirpaBounds | None = None
+        if self.needs_crown or not self.fused_ibp:
+            device = next(model.parameters()).device
+            self.lirpa = LirpaBounds(model, torch.zeros(1, *info.input_shape, device=device))
+
+    def loss(self, x: Tensor, y: Tensor, eps: float, progress: float) -> LossTerms:
+        logits = self.model(x)
+        return self.loss_from_bounds(logits, y, self.robust_bounds(x, y, eps, progress), progress)
+
+    def robust_bounds(
+        self, x: Tensor, y: Tensor, eps: float, progress: float, tight_pairwise: bool = False
+    ) -> RobustBounds:
+        """Bounds over the ε-ball ∩ [0,1] from one pass. Pairwise rows are bounded by the pass's IBP part,
+        or, with ``tight_pairwise``, by the objective's own method (for CROWN-IBP ~K times its CROWN cost)."""
+        lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+        pairwise_lower, margin_lower, parts = self.pairwise_and_margin_lower(lower, upper, y, progress, tight_pairwise)
+        return RobustBounds(margin_lower, pairwise_lower, parts)
+
+    def loss_from_bounds(self, logits: Tensor, y: Tensor, bounds: RobustBounds, progress: float) -> LossTerms:
+        """The κ-mixed loss of clean logits and margin bounds."""
+        settings = self.hyperparameters
+        kappa = linear_ramp(settings.kappa_start, settings.kappa_end, progress)
+        natural_ce = F.cross_entropy(logits, y)
+        robust_ce = robust_ce_from_margins(bounds.margin_lower).mean()
+        total = kappa * natural_ce + (1.0 - kappa) * robust_ce
+        parts = {"natural_ce": natural_ce.item(), "robust_ce": robust_ce.item(), "kappa": kappa, **bounds.parts}
+        return LossTerms(total, logits, parts)
+
+    def pairwise_and_margin_lower(
+        self, lower: Tensor, upper: Tensor, y: Tensor, progress: float, tight_pairwise: bool
+    ) -> tuple[Tensor, Tensor, dict[str, float]]:
+        """The hook: lower bounds of z_j − z_k [B, K, K] (at least IBP's) and of the margins [B, K-1]
+        (by this objective's method) over the box, plus scalars to log."""
+        raise NotImplementedError
+
+    def ibp_pairwise_lower(self, lower: Tensor, upper: Tensor) -> Tensor:
+        """IBP lower bounds of all z_j − z_k [B, K, K]: fused plain-torch pass for Sequential models."""
+        rows = self.pairwise_rows(lower)
+        if self.fused_ibp:
+            row_lower = interval_bounds(self.model, lower, upper, rows)[0]
+        else:
+            row_lower = self.lirpa.bounds(lower, upper, rows, "IBP")[0]
+        return pairwise_matrix(row_lower, self.info.num_classes)
+
+    def pairwise_rows(self, like: Tensor) -> Tensor:
+        """The pairwise specification [1, K(K-1), K], shared by the batch."""
+        return pairwise_spec(self.info.num_classes, 1, like.device).to(like.dtype)
+
+
+@register_objective("ibp")
+class Ibp(CertifiedObjective):
+    description = "interval bound propagation (Gowal et al. 2018): κ·CE(clean) + (1−κ)·CE(IBP worst case)"
+
+    def pairwise_and_margin_lower(self, lower, upper, y, progress, tight_pairwise):
+        pairwise_lower = self.ibp_pairwise_lower(lower, upper)
+        return pairwise_lower, margins_from_pairwise(pairwise_lower, y), {}
+
+
+@register_objective("crown-ibp")
+class CrownIbp(CertifiedObjective):
+    description = "CROWN-IBP (Zhang et al. 2020): margins from β·CROWN-IBP + (1−β)·IBP, β ramped to 0"
+    Hyperparameters = CrownIbpHyperparameters
+    needs_crown = True
+
+    def pairwise_and_margin_lower(self, lower, upper, y, progress, tight_pairwise):
+        settings = self.hyperparameters
+        beta = linear_ramp(settings.beta_start, settings.beta_end, progress)
+        if beta == 0.0:  # pure IBP: skip the CROWN pass
+            pairwise_lower = self.ibp_pairwise_lower(lower, upper)
+            return pairwise_lower, margins_from_pairwise(pairwise_lower, y), {"beta": beta}
+        num_classes = self.info.num_classes
+        rows = self.pairwise_rows(lower)
+        crown_rows = rows if tight_pairwise else margin_spec(y, num_classes).to(lower.dtype)
+        ibp_rows, crown_lower = self.lirpa.ibp_and_crown_ibp_lower(lower, upper, rows, crown_rows)
+        ibp_pairwise = pairwise_matrix(ibp_rows, num_classes)
+        if tight_pairwise:
+            pairwise_lower = beta * pairwise_matrix(crown_lower, num_classes) + (1.0 - beta) * ibp_pairwise
+            return pairwise_lower, margins_from_pairwise(pairwise_lower, y), {"beta": beta}
+        margin_lower = beta * crown_lower + (1.0 - beta) * margins_from_pairwise(ibp_pairwise, y)
+        return ibp_pairwise, margin_lower, {"beta": beta}
+
+
+def _fused_ibp_supports(model: nn.Module) -> bool:
+    return isinstance(model, nn.Sequential) and all(isinstance(layer, SUPPORTED_LAYERS) for layer in model)

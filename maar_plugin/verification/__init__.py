@@ -1,0 +1,25 @@
+"""Complete verification of ONNX networks against VNN-LIB properties (``maar verify``).
+
+Flow: ``onnx_loader`` turns the ONNX graph into a :class:`ReluNetwork` (dense float64 affine maps with
+ReLUs between; our own converter, see there why not onnx2torch) → ``cascade`` runs centre point, PGD,
+IBP, CROWN, alpha-CROWN (auto_LiRPA on the network as ``nn.Sequential(Linear, ReLU, ...)``) and the
+exact ``milp`` stage (HiGHS) → ``counterexample`` confirms every ``sat`` on the original file with
+onnxruntime → ``batch`` writes VNN-COMP result files, a JSON-lines log and a CSV summary → ``report``.
+
+Public API: :func:`verify_instance` for one (ONNX, VNN-LIB) pair, :func:`verify_instances` for a batch
+written to a results folder, :class:`InstanceResult` with the verdict, deciding stage and per-stage
+states, and :func:`certified_by` for cumulative per-stage counts.
+"""
+from maar_plugin.verification.abcrown_config import AbcrownJob, read_abcrown_config
+from maar_plugin.verification.batch import Instance, read_instances_csv, read_log, verify_instances
+from maar_plugin.verification.cascade import ModelCache, VerifyOptions, verify_instance
+from maar_plugin.verification.network import ReluNetwork
+from maar_plugin.verification.onnx_loader import load_onnx_network
+from maar_plugin.verification.report import instance_table, stage_table
+from maar_plugin.verification.result import BOUND_STAGES, STAGES, InstanceResult, certified_by
+
+__all__ = [
+    "AbcrownJob", "BOUND_STAGES", "Instance", "InstanceResult", "ModelCache", "ReluNetwork", "STAGES",
+    "VerifyOptions", "certified_by", "instance_table", "load_onnx_network", "read_abcrown_config",
+    "read_instances_csv", "read_log", "stage_table", "verify_instance", "verify_instances",
+]

@@ -1,0 +1,287 @@
+"""The verification cascade for one instance, cheapest stage first.
+
+centre point → PGD → IBP → CROWN → alpha-CROWN → MILP. Attacks look for a counterexample, which only
+counts once onnxruntime reproduces it on the original ONNX file; bound stages refute disjuncts (a
+disjunct ``C y <= d`` is empty when some row has lower bound of ``C_r y - d_r`` above a float32
+tolerance); the MILP decides the disjuncts that are left, exactly, with big-M constants from the
+tightest pre-activation bounds seen so far. A property is unsat iff every disjunct of every input box
+is refuted, sat iff some point violates it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maar_plugin.attacks import pgd_maximize
+from maar_plugin.errors import MaarError
+from maar_plugin.verification.bounds import Bounds, LirpaBoundStages, count_unstable, interval_preactivation_bounds
+from maar_plugin.verification.counterexample import OnnxRuntimeModel, confirmed_counterexample
+from maar_plugin.verification.milp import MilpOutcome, solve_disjunct
+from maar_plugin.verification.network import ReluNetwork
+from maar_plugin.verification.onnx_loader import load_onnx_network
+from maar_plugin.verification.result import BOUND_STAGES, STAGES, InstanceResult
+from maar_plugin.vnnlib.property import VnnlibProperty
+from maar_plugin.vnnlib.reader import read_vnnlib_cases
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Cascade settings; ``timeout`` applies where an instance brings none.
+
+    A row ``C_r y <= d_r`` counts as refuted only when its proven lower bound of ``C_r y - d_r`` exceeds
+    ``tolerance * (1 + |d_r|)``: a margin for float32 rounding in the ONNX model and in auto_LiRPA, so
+    that a violation smaller than that is never hidden behind an ``unsat`` (it yields ``unknown``).
+    """
+
+    timeout: float = 60.0
+    pgd_steps: int = 50
+    pgd_restarts: int = 5
+    alpha_iterations: int = 20
+    device: str = "cpu"
+    tolerance: float = 1e-5
+    milp_retry_margin: float = 1e-4
+    seed: int = 0
+
+
+@dataclass
+class LoadedModel:
+    """One ONNX file in the three forms the cascade needs."""
+
+    network: ReluNetwork
+    bound_stages: LirpaBoundStages
+    runtime: OnnxRuntimeModel
+
+
+@dataclass
+class ModelCache:
+    """Loaded models by path and modification time, shared by the instances of one run."""
+
+    device: str = "cpu"
+    alpha_iterations: int = 20
+    models: dict[tuple[str, float], LoadedModel] = field(default_factory=dict)
+
+    def get(self, path: str | Path) -> LoadedModel:
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise MaarError(f"device {self.device!r} requested, but torch finds no CUDA device here; use --device cpu")
+        path = Path(path).resolve()
+        key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
+        if key not in self.models:
+            network = load_onnx_network(path)
+            runtime = OnnxRuntimeModel(path)
+            self.models[key] = LoadedModel(network, LirpaBoundStages(network, self.device, self.alpha_iterations),
+                                           runtime)
+        return self.models[key]
+
+
+@dataclass
+class _Case:
+    """One input box of the property and what the cascade knows about its disjuncts."""
+
+    prop: VnnlibProperty
+    refuted: np.ndarray
+    undecided: list[str] = field(default_factory=list)
+    preactivation: Bounds | None = None
+    crown_intermediate: dict | None = None
+    counterexample: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def proved(self) -> bool:
+        return bool(self.refuted.all())
+
+    def open_disjuncts(self) -> list[int]:
+        return [i for i, refuted in enumerate(self.refuted) if not refuted]
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+class Cascade:
+    """Runs the stages on the cases of one instance until they are decided or time runs out."""
+
+    def __init__(self, model: LoadedModel, cases: list[VnnlibProperty], options: VerifyOptions, deadline: float):
+        self.model = model
+        self.options = options
+        self.deadline = deadline
+        self.cases = [_Case(prop, np.zeros(len(prop.unsafe), dtype=bool)) for prop in cases]
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def state(self) -> str:
+        if any(case.counterexample is not None for case in self.cases):
+            return "falsified"
+        return "proved" if all(case.proved for case in self.cases) else "open"
+
+    def open_cases(self) -> list[_Case]:
+        return [case for case in self.cases if not case.proved]
+
+    def run_stage(self, stage: str) -> None:
+        if stage == "centre":
+            for case in self.open_cases():
+                self.try_counterexample(case, (case.prop.input_lower + case.prop.input_upper) / 2)
+        elif stage == "pgd":
+            for case in self.open_cases():
+                self.attack(case)
+        elif stage in BOUND_STAGES:
+            for case in self.open_cases():
+                self.bound(case, stage)
+        else:
+            for case in self.open_cases():
+                self.exact(case)
+
+    def try_counterexample(self, case: _Case, candidate: np.ndarray) -> bool:
+        found = confirmed_counterexample(self.model.runtime, case.prop, candidate)
+        if found is not None:
+            case.counterexample = found
+        return found is not None
+
+    def attack(self, case: _Case, start: np.ndarray | torch.Tensor | None = None, steps: int | None = None) -> bool:
+        """PGD maximising the largest, over open disjuncts, of the smallest row slack ``d - C y``."""
+        rows, offsets, owners = _stacked_rows(case.prop, case.open_disjuncts())
+        device = self.model.bound_stages.device
+        C = torch.as_tensor(rows, dtype=torch.float32, device=device)
+        d = torch.as_tensor(offsets, dtype=torch.float32, device=device)
+        owner = torch.as_tensor(owners, device=device)
+        disjuncts = torch.unique(owner)
+
+        def violation(outputs: torch.Tensor) -> torch.Tensor:
+            slack = d - outputs @ C.T
+            per_disjunct = torch.stack([slack[:, owner == j].min(dim=1).values for j in disjuncts], dim=1)
+            return per_disjunct.max(dim=1).values
+
+        lower = torch.as_tensor(case.prop.input_lower, dtype=torch.float32, device=device).reshape(1, -1)
+        upper = torch.as_tensor(case.prop.input_upper, dtype=torch.float32, device=device).reshape(1, -1)
+        if start is not None:
+            start = torch.as_tensor(start, dtype=torch.float32, device=device).reshape(1, -1)
+        best = pgd_maximize(self.model.bound_stages.model, lower, upper, violation,
+                            steps=self.options.pgd_steps if steps is None else steps,
+                            restarts=self.options.pgd_restarts, start=start)
+        return self.try_counterexample(case, best.double().cpu().numpy().reshape(-1))
+
+    def bound(self, case: _Case, method: str) -> None:
+        open_disjuncts = case.open_disjuncts()
+        rows, offsets, owners = _stacked_rows(case.prop, open_disjuncts)
+        stages = self.model.bound_stages
+        intermediate = case.crown_intermediate if method == "alpha-CROWN" else None
+        margins = stages.spec_lower_bounds(case.prop.input_lower, case.prop.input_upper, rows, method,
+                                           intermediate) - offsets
+        if method == "CROWN":
+            case.crown_intermediate = stages.intermediate_bounds()
+        thresholds = self.options.tolerance * (1 + np.abs(offsets))
+        for disjunct in open_disjuncts:
+            if np.any((margins > thresholds)[owners == disjunct]):
+                case.refuted[disjunct] = True
+        case.preactivation = interval_preactivation_bounds(
+            self.model.network, case.prop.input_lower, case.prop.input_upper,
+            _intersect(case.preactivation, stages.preactivation_bounds()))
+
+    def exact(self, case: _Case) -> None:
+        if case.preactivation is None:
+            case.preactivation = interval_preactivation_bounds(self.model.network, case.prop.input_lower,
+                                                               case.prop.input_upper)
+        for disjunct in case.open_disjuncts():
+            outcome = self.solve(case, disjunct, margin=0.0)
+            if outcome.status == "candidate" and not self.try_counterexample(case, outcome.x):
+                outcome = self.reproduce(case, disjunct, outcome)
+            if case.counterexample is not None:
+                return
+            if outcome.status == "refuted":
+                case.refuted[disjunct] = True
+            elif outcome.status == "timeout":
+                raise _OutOfTime
+            elif outcome.status == "unknown":
+                case.undecided.append(f"disjunct {disjunct}: {outcome.message}")
+
+    def reproduce(self, case: _Case, disjunct: int, outcome: MilpOutcome) -> MilpOutcome:
+        """Turn a float64 MILP violation that onnxruntime (float32) does not reproduce into a real one, or give up.
+
+        Tries PGD started at the MILP point, then the MILP's deepest violation (optimised until its
+        margin reaches ``milp_retry_margin``); otherwise the disjunct stays undecided (``unknown``).
+        """
+        if outcome.objective <= 0:
+            if self.attack(case, start=outcome.x, steps=20):
+                return outcome
+            scale = 1 + float(np.max(np.abs(case.prop.unsafe[disjunct].bounds), initial=0.0))
+            deeper = self.solve(case, disjunct, margin=self.options.milp_retry_margin * scale)
+            if deeper.status == "timeout" or (deeper.status == "candidate" and self.try_counterexample(case, deeper.x)):
+                return deeper
+            outcome = deeper if deeper.status == "candidate" else outcome
+        case.undecided.append(f"disjunct {disjunct}: the MILP's best point has margin {outcome.objective:.1e} in "
+                              "float64, within the numerical tolerance; onnxruntime (float32) finds no violation there")
+        return MilpOutcome("undecided")
+
+    def solve(self, case: _Case, disjunct: int, margin: float) -> MilpOutcome:
+        conjunction = case.prop.unsafe[disjunct]
+        tolerance = self.options.tolerance * (1 + float(np.max(np.abs(conjunction.bounds), initial=0.0)))
+        return solve_disjunct(self.model.network, case.preactivation, case.prop.input_lower, case.prop.input_upper,
+                              conjunction.coefficients, conjunction.bounds, self.remaining(), required_margin=margin,
+                              refute_tolerance=tolerance)
+
+    def unstable_relus(self) -> int | None:
+        counts = [count_unstable(case.preactivation) for case in self.cases if case.preactivation is not None]
+        return sum(counts) if counts else None
+
+
+def _stacked_rows(prop: VnnlibProperty, disjuncts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All rows of the given disjuncts as one spec matrix, their offsets and the disjunct of each row."""
+    rows = np.concatenate([prop.unsafe[j].coefficients for j in disjuncts]).astype(np.float64)
+    offsets = np.concatenate([prop.unsafe[j].bounds for j in disjuncts]).astype(np.float64)
+    owners = np.concatenate([np.full(len(prop.unsafe[j].bounds), j) for j in disjuncts])
+    return rows, offsets, owners
+
+
+def _intersect(first: Bounds | None, second: Bounds) -> Bounds:
+    if first is None:
+        return second
+    return [(np.maximum(a_low, b_low), np.minimum(a_up, b_up)) for (a_low, a_up), (b_low, b_up) in zip(first, second)]
+
+
+def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float | None = None,
+                    options: VerifyOptions | None = None, cache: ModelCache | None = None,
+                    instance: str | None = None) -> InstanceResult:
+    """Verify one VNN-LIB property of one ONNX network; bad input gives verdict ``error``, never an exception."""
+    options = options or VerifyOptions()
+    cache = cache or ModelCache(options.device, options.alpha_iterations)
+    timeout = options.timeout if timeout is None else float(timeout)
+    started = time.monotonic()
+    result = InstanceResult(instance or f"{Path(onnx_path).stem}__{Path(vnnlib_path).stem}",
+                            str(onnx_path), str(vnnlib_path), verdict="unknown")
+    try:
+        model = cache.get(onnx_path)
+        cases = read_vnnlib_cases(vnnlib_path, model.network.num_inputs, model.network.num_outputs)
+    except MaarError as error:
+        result.verdict, result.message = "error", str(error)
+        result.seconds = time.monotonic() - started
+        return result
+    torch.manual_seed(options.seed)
+    cascade = Cascade(model, cases, options, started + timeout)
+    verdict = "unknown"
+    for stage in STAGES:
+        if cascade.remaining() <= 0:
+            verdict = "timeout"
+            break
+        stage_started = time.monotonic()
+        try:
+            cascade.run_stage(stage)
+        except _OutOfTime:
+            verdict = "timeout"
+        result.stage_seconds[stage] = round(time.monotonic() - stage_started, 4)
+        state = cascade.state()
+        result.stage_verdicts[stage] = state
+        if state != "open":
+            result.stage = stage
+            verdict = "sat" if state == "falsified" else "unsat"
+            break
+        if verdict == "timeout":
+            break
+    result.verdict = verdict
+    result.unstable_relus = cascade.unstable_relus()
+    result.counterexample = next((c.counterexample for c in cascade.cases if c.counterexample is not None), None)
+    result.message = "; ".join(note for case in cascade.cases for note in case.undecided)
+    result.seconds = round(time.monotonic() - started, 4)
+    return result

@@ -1,0 +1,143 @@
+"""The exact stage: a mixed-integer program over the ReLU network, solved by HiGHS (highspy).
+
+For one disjunct ``C y <= d`` we minimise ``t`` subject to ``C y - d <= t`` over the input box, with the
+network encoded exactly (Tjeng et al. 2019, "Evaluating robustness of neural networks with mixed
+integer programming", eq. 5): a ReLU whose input bounds [l, u] prove it active is the identity,
+inactive is 0, and only unstable ones get a binary δ with ``a >= z, a <= z - l(1 - δ), a <= u δ, a >= 0``.
+``t`` is capped at ``refute_tolerance``, so an infeasible program proves every row combination stays
+above that margin (the disjunct is empty); a solution with ``t <= 0`` is a candidate counterexample
+that the caller re-checks on the original ONNX model. Everything is float64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highspy
+import numpy as np
+
+from maar_plugin.verification.bounds import Bounds
+from maar_plugin.verification.network import ReluNetwork
+
+REFUTE_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class MilpOutcome:
+    """``refuted`` (no x in the box reaches t <= tolerance), ``candidate`` (x with t = objective found),
+    ``timeout``, ``unknown`` (solver gave up for another reason, described in ``message``), or
+    ``undecided`` (set by the caller: a candidate that does not reproduce in float32)."""
+
+    status: str
+    x: np.ndarray | None = None
+    objective: float | None = None
+    message: str = ""
+
+
+class _Rows:
+    """Sparse constraint rows collected as CSR arrays for one ``addRows`` call."""
+
+    def __init__(self) -> None:
+        self.lower: list[float] = []
+        self.upper: list[float] = []
+        self.starts: list[int] = []
+        self.indices: list[np.ndarray] = []
+        self.values: list[np.ndarray] = []
+        self.count = 0
+
+    def add(self, columns: np.ndarray, coefficients: np.ndarray, low: float, high: float) -> None:
+        keep = coefficients != 0
+        self.starts.append(self.count)
+        self.indices.append(columns[keep].astype(np.int32))
+        self.values.append(coefficients[keep].astype(np.float64))
+        self.count += int(keep.sum())
+        self.lower.append(low)
+        self.upper.append(high)
+
+
+def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, upper: np.ndarray,
+                   coefficients: np.ndarray, offsets: np.ndarray, time_limit: float,
+                   required_margin: float = 0.0, refute_tolerance: float = REFUTE_TOLERANCE) -> MilpOutcome:
+    """Search x in [lower, upper] with ``coefficients @ f(x) <= offsets - required_margin``.
+
+    ``bounds`` are sound pre-activation bounds per hidden layer. Stops at the first solution with
+    ``t <= -required_margin``; infeasibility of ``t <= refute_tolerance`` refutes the disjunct.
+    """
+    if time_limit <= 0:
+        return MilpOutcome("timeout")
+    highs = highspy.Highs()
+    highs.setOptionValue("output_flag", False)
+    highs.setOptionValue("time_limit", float(time_limit))
+    highs.setOptionValue("threads", 1)
+    highs.setOptionValue("objective_target", -float(required_margin))
+    infinity = highspy.kHighsInf
+
+    column_lower: list[np.ndarray] = [lower.astype(np.float64)]
+    column_upper: list[np.ndarray] = [upper.astype(np.float64)]
+    integer_columns: list[int] = []
+    rows = _Rows()
+    previous = np.arange(network.num_inputs)
+    next_column = network.num_inputs
+    for layer, (z_low, z_up) in zip(network.layers[:-1], bounds):
+        size = layer.weight.shape[0]
+        active_columns = np.arange(next_column, next_column + size)
+        next_column += size
+        unstable = np.flatnonzero((z_low < 0) & (z_up > 0))
+        deltas = np.arange(next_column, next_column + unstable.size)
+        next_column += unstable.size
+        column_lower += [np.zeros(size), np.zeros(unstable.size)]
+        column_upper += [np.where(z_low >= 0, z_up, np.where(z_up <= 0, 0.0, z_up)), np.ones(unstable.size)]
+        integer_columns += deltas.tolist()
+        delta_of = dict(zip(unstable.tolist(), deltas.tolist()))
+        for neuron in range(size):
+            a = active_columns[neuron]
+            weights = layer.weight[neuron]
+            bias = float(layer.bias[neuron])
+            columns = np.concatenate([[a], previous])
+            if z_up[neuron] <= 0:
+                continue
+            if z_low[neuron] >= 0:
+                rows.add(columns, np.concatenate([[1.0], -weights]), bias, bias)
+                continue
+            low, up, delta = float(z_low[neuron]), float(z_up[neuron]), delta_of[neuron]
+            rows.add(columns, np.concatenate([[1.0], -weights]), bias, infinity)            # a >= z
+            rows.add(np.concatenate([columns, [delta]]), np.concatenate([[1.0], -weights, [-low]]),
+                     -infinity, bias - low)                                                  # a <= z - l(1-δ)
+            rows.add(np.array([a, delta]), np.array([1.0, -up]), -infinity, 0.0)            # a <= u δ
+        previous = active_columns
+
+    t = next_column
+    column_lower.append(np.array([-infinity]))
+    column_upper.append(np.array([refute_tolerance]))
+    last = network.layers[-1]
+    output_weight, output_bias = coefficients @ last.weight, coefficients @ last.bias
+    for row in range(coefficients.shape[0]):
+        rows.add(np.concatenate([previous, [t]]), np.concatenate([output_weight[row], [-1.0]]),
+                 -infinity, float(offsets[row] - output_bias[row]))
+
+    all_lower, all_upper = np.concatenate(column_lower), np.concatenate(column_upper)
+    costs = np.zeros(all_lower.size)
+    costs[t] = 1.0
+    highs.addVars(all_lower.size, all_lower, all_upper)
+    highs.changeColsCost(all_lower.size, np.arange(all_lower.size, dtype=np.int32), costs)
+    if integer_columns:
+        highs.changeColsIntegrality(len(integer_columns), np.array(integer_columns, dtype=np.int32),
+                                    np.full(len(integer_columns), highspy.HighsVarType.kInteger))
+    highs.addRows(len(rows.lower), np.array(rows.lower), np.array(rows.upper), rows.count,
+                  np.array(rows.starts, dtype=np.int32), np.concatenate(rows.indices),
+                  np.concatenate(rows.values))
+    highs.run()
+    return _outcome(highs, t, network.num_inputs)
+
+
+def _outcome(highs: highspy.Highs, t_column: int, num_inputs: int) -> MilpOutcome:
+    status = highs.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return MilpOutcome("refuted")
+    solution = highs.getSolution()
+    has_solution = highs.getInfo().primal_solution_status == 2  # kSolutionStatusFeasible
+    if has_solution:
+        values = np.array(solution.col_value)
+        return MilpOutcome("candidate", values[:num_inputs], float(values[t_column]))
+    if status == highspy.HighsModelStatus.kTimeLimit:
+        return MilpOutcome("timeout")
+    return MilpOutcome("unknown", message=f"HiGHS ended with {highs.modelStatusToString(status)}")

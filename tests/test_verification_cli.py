@@ -1,0 +1,115 @@
+"""`maar verify` / `maar report` end to end: result files, log, resume, α,β-CROWN configs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from torch import nn
+
+import maar_plugin  # noqa: F401
+from maar_plugin.cli import cli
+from maar_plugin.verification import read_abcrown_config, read_log
+
+FAST_FLAGS = ["--pgd-steps", "5", "--pgd-restarts", "1", "--alpha-iterations", "3", "--no-progress"]
+
+
+@pytest.fixture
+def benchmark(tmp_path: Path) -> Path:
+    """A spec folder like `maar export` writes: model, two properties, instances.csv."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    (tmp_path / "models").mkdir()
+    torch.onnx.export(model, torch.zeros(1, 3), str(tmp_path / "models" / "net.onnx"), input_names=["input"],
+                      dynamo=False)
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    declarations = "\n".join([f"(declare-const X_{i} Real)" for i in range(3)] + ["(declare-const Y_0 Real)",
+                                                                                  "(declare-const Y_1 Real)"])
+    box = "\n".join(f"(assert (>= X_{i} 0.2))\n(assert (<= X_{i} 0.3))" for i in range(3))
+    (specs / "always.vnnlib").write_text(f"{declarations}\n{box}\n(assert (<= Y_0 1e6))\n")        # sat
+    (specs / "never.vnnlib").write_text(f"{declarations}\n{box}\n(assert (>= Y_0 1e6))\n")         # unsat
+    (specs / "instances.csv").write_text("../models/net.onnx,always.vnnlib,10\n../models/net.onnx,never.vnnlib,10\n")
+    return specs
+
+
+def test_verify_instances_writes_results_and_resumes(benchmark, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "results"
+    first = runner.invoke(cli, ["verify", "--instances", str(benchmark / "instances.csv"), "--out", str(out),
+                                *FAST_FLAGS])
+    assert first.exit_code == 0, first.output
+    assert (out / "results" / "net__never.txt").read_text() == "unsat\n"
+    assert (out / "results" / "net__always.txt").read_text().startswith("sat\n((X_0 ")
+    assert (out / "summary.csv").read_text().count("\n") == 3
+    log_lines = (out / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["verdict"] for line in log_lines] == ["sat", "unsat"]
+
+    refused = runner.invoke(cli, ["verify", "--instances", str(benchmark / "instances.csv"), "--out", str(out),
+                                  *FAST_FLAGS])
+    assert refused.exit_code == 1 and "--resume" in refused.output
+
+    (out / "log.jsonl").write_text(log_lines[0] + "\n" + log_lines[1][:20])  # killed while writing the 2nd
+    resumed = runner.invoke(cli, ["verify", "--instances", str(benchmark / "instances.csv"), "--out", str(out),
+                                  "--resume", *FAST_FLAGS])
+    assert resumed.exit_code == 0, resumed.output
+    assert [r.verdict for r in read_log(out)] == ["sat", "unsat"]
+
+    report = runner.invoke(cli, ["report", str(out), "--instances"])
+    assert report.exit_code == 0
+    assert "net__never" in report.output and "unsat: 1" in report.output and "sat: 1" in report.output
+
+
+def test_verify_single_instance_prints_verdict(benchmark):
+    result = CliRunner().invoke(cli, ["verify", "--onnx", str(benchmark.parent / "models" / "net.onnx"),
+                                      "--vnnlib", str(benchmark / "never.vnnlib"), "--timeout", "10", *FAST_FLAGS])
+    assert result.exit_code == 0, result.output
+    assert "unsat" in result.output
+
+
+def test_verify_needs_one_source():
+    result = CliRunner().invoke(cli, ["verify", "--onnx", "x.onnx"])
+    assert result.exit_code == 1 and "exactly one of" in result.output
+
+
+def test_abcrown_config_maps_keys_and_warns(benchmark, tmp_path):
+    config = tmp_path / "abcrown.yaml"
+    config.write_text(yaml.safe_dump({
+        "general": {"root_path": "${CONFIG_PATH}/specs", "csv_name": "instances.csv", "device": "cpu",
+                    "complete_verifier": "bab"},
+        "solver": {"batch_size": 64, "alpha-crown": {"iteration": 3}},
+        "bab": {"timeout": 7, "branching": {"method": "kfsb"}},
+        "attack": {"pgd_restarts": 1},
+        "specification": {"epsilon": 0.1},
+    }))
+    job = read_abcrown_config(config)
+    assert len(job.instances) == 2 and job.instances[0].onnx.resolve() == (tmp_path / "models" / "net.onnx").resolve()
+    assert job.options == {"timeout": 7, "device": "cpu", "alpha_iterations": 3, "pgd_restarts": 1}
+    assert job.ignored_keys == ["bab.branching.method", "solver.batch_size", "specification.epsilon"]
+    result = CliRunner().invoke(cli, ["verify", "--config", str(config), "--out", str(tmp_path / "out"),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "ignoring" in result.output and "bab.branching.method" in result.output
+    assert sorted(r.verdict for r in read_log(tmp_path / "out")) == ["sat", "unsat"]
+
+
+def test_abcrown_customized_entries_are_refused(tmp_path):
+    config = tmp_path / "custom.yaml"
+    config.write_text("model:\n  name: Customized(\"custom_model_data\", \"mnist_6_100\")\n")
+    result = CliRunner().invoke(cli, ["verify", "--config", str(config)])
+    assert result.exit_code == 1
+    assert "Customized" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_certified_by_counts_cumulatively():
+    from maar_plugin.verification import InstanceResult, certified_by
+
+    def result(verdict, stage):
+        return InstanceResult("i", "n.onnx", "p.vnnlib", verdict, stage)
+
+    results = [result("unsat", "IBP"), result("unsat", "CROWN"), result("unsat", "alpha-CROWN"),
+               result("unsat", "MILP"), result("sat", "pgd"), result("timeout", None)]
+    assert [certified_by(results, stage) for stage in ("pgd", "IBP", "CROWN", "alpha-CROWN", "MILP")] == [0, 1, 2, 3, 4]

@@ -1,0 +1,350 @@
+"""Soundness of `maar verify` against exact references on tiny random ReLU networks.
+
+Every ``unsat`` is checked against an exact minimum computed independently (a MILP with *all* neurons
+binary and naive interval big-M via scipy, or exhaustive activation-pattern LPs for the tiniest nets);
+every ``sat`` counterexample is parsed from the result text and re-run through onnxruntime.
+"""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from scipy.optimize import Bounds as ScipyBounds
+from scipy.optimize import LinearConstraint, linprog, milp
+from torch import nn
+
+import maar_plugin  # noqa: F401
+from maar_plugin.verification import ModelCache, VerifyOptions, load_onnx_network, verify_instance
+from maar_plugin.verification.bounds import LirpaBoundStages, interval_preactivation_bounds
+from maar_plugin.verification.milp import solve_disjunct
+
+FAST = VerifyOptions(timeout=30, pgd_steps=10, pgd_restarts=2, alpha_iterations=5)
+CLEAR = 1e-4  # reference margins beyond this must be decided exactly (above the 1e-5·(1+|d|) tolerance)
+
+
+# ---------------------------------------------------------------- fixtures: networks, properties
+
+def random_network(seed: int, inputs: int, hidden: tuple[int, ...], outputs: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    sizes = (inputs, *hidden, outputs)
+    layers: list[nn.Module] = []
+    for index, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if index < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers).eval()
+
+
+def export(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
+    torch.onnx.export(model, torch.zeros(input_shape), str(path), input_names=["input"], output_names=["output"],
+                      dynamo=False)
+    return path
+
+
+def write_vnnlib(path: Path, lower: np.ndarray, upper: np.ndarray, outputs: int,
+                 disjuncts: list[tuple[np.ndarray, np.ndarray]]) -> Path:
+    """A VNN-LIB file: the box, then (or (and rows...)...) with rows ``C y <= d`` written as sums."""
+    lines = [f"(declare-const X_{i} Real)" for i in range(len(lower))]
+    lines += [f"(declare-const Y_{j} Real)" for j in range(outputs)]
+    for i, (lo, up) in enumerate(zip(lower, upper)):
+        lines += [f"(assert (>= X_{i} {float(lo)!r}))", f"(assert (<= X_{i} {float(up)!r}))"]
+    conjunctions = []
+    for C, d in disjuncts:
+        rows = []
+        for coefficients, bound in zip(C, d):
+            terms = " ".join(f"(* {float(c)!r} Y_{j})" for j, c in enumerate(coefficients) if c != 0)
+            rows.append(f"(<= (+ {terms} 0.0) {float(bound)!r})")
+        conjunctions.append("(and " + " ".join(rows) + ")")
+    lines.append("(assert (or " + " ".join(conjunctions) + "))")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- exact references (independent code)
+
+def network_matrices(model: nn.Sequential) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy())
+            for m in model if isinstance(m, nn.Linear)]
+
+
+def reference_min_all_binary(model: nn.Sequential, lower: np.ndarray, upper: np.ndarray,
+                             C: np.ndarray, d: np.ndarray) -> float:
+    """min over the box of max_r (C_r y - d_r): every ReLU binary, big-M from plain interval bounds."""
+    layers = network_matrices(model)
+    n = len(lower)
+    hidden = [w.shape[0] for w, _ in layers[:-1]]
+    total = n + 2 * sum(hidden) + 1
+    col_lower, col_upper = [lower], [upper]
+    integrality = [np.zeros(n)]
+    rows, row_lower, row_upper = [], [], []
+    low, up = lower.copy(), upper.copy()
+    prev = np.arange(n)
+    offset = n
+    for w, b in layers[:-1]:
+        m = w.shape[0]
+        z_low = np.maximum(w, 0) @ low + np.minimum(w, 0) @ up + b
+        z_up = np.maximum(w, 0) @ up + np.minimum(w, 0) @ low + b
+        a_cols, delta_cols = np.arange(offset, offset + m), np.arange(offset + m, offset + 2 * m)
+        offset += 2 * m
+        col_lower += [np.zeros(m), np.zeros(m)]
+        col_upper += [np.maximum(z_up, 0), np.ones(m)]
+        integrality += [np.zeros(m), np.ones(m)]
+        for j in range(m):
+            row = np.zeros(total)
+            row[a_cols[j]] = 1
+            row[prev] = -w[j]
+            rows.append(row.copy()); row_lower.append(b[j]); row_upper.append(np.inf)          # a >= z
+            row[delta_cols[j]] = -z_low[j]
+            rows.append(row); row_lower.append(-np.inf); row_upper.append(b[j] - z_low[j])     # a <= z - l(1-δ)
+            row = np.zeros(total)
+            row[a_cols[j]] = 1
+            row[delta_cols[j]] = -z_up[j]
+            rows.append(row); row_lower.append(-np.inf); row_upper.append(0.0)                  # a <= u δ
+        low, up = np.maximum(z_low, 0), np.maximum(z_up, 0)
+        prev = a_cols
+    w, b = layers[-1]
+    t = total - 1
+    for c, bound in zip(C, d):
+        row = np.zeros(total)
+        row[prev] = c @ w
+        row[t] = -1
+        rows.append(row); row_lower.append(-np.inf); row_upper.append(bound - c @ b)
+    col_lower.append([-1e4]); col_upper.append([1e4]); integrality.append([0])
+    cost = np.zeros(total)
+    cost[t] = 1
+    result = milp(cost, constraints=LinearConstraint(np.array(rows), row_lower, row_upper),
+                  bounds=ScipyBounds(np.concatenate(col_lower), np.concatenate(col_upper)),
+                  integrality=np.concatenate(integrality), options={"mip_rel_gap": 0, "presolve": True})
+    assert result.success, result.message
+    return float(result.fun)
+
+
+def reference_min_enumeration(model: nn.Sequential, lower: np.ndarray, upper: np.ndarray,
+                              C: np.ndarray, d: np.ndarray) -> tuple[float, np.ndarray]:
+    """min over the box of max_r (C_r y - d_r) by one LP per activation pattern; also the minimiser."""
+    layers = network_matrices(model)
+    n = len(lower)
+    best, best_x = np.inf, None
+    hidden = [w.shape[0] for w, _ in layers[:-1]]
+    for pattern in itertools.product([0.0, 1.0], repeat=sum(hidden)):
+        A, c0 = np.eye(n), np.zeros(n)  # current activations as A x + c0
+        sign_rows, sign_rhs, cursor = [], [], 0
+        for (w, b), size in zip(layers[:-1], hidden):
+            zA, zc = w @ A, w @ c0 + b
+            mask = np.array(pattern[cursor:cursor + size])
+            cursor += size
+            for j in range(size):  # active: z >= 0  ->  -z <= 0 ; inactive: z <= 0
+                sign = -1.0 if mask[j] else 1.0
+                sign_rows.append(sign * zA[j]); sign_rhs.append(-sign * zc[j])
+            A, c0 = mask[:, None] * zA, mask * zc
+        w, b = layers[-1]
+        yA, yc = w @ A, w @ c0 + b
+        A_ub = [np.append(row, 0.0) for row in sign_rows] + [np.append(c @ yA, -1.0) for c in C]
+        b_ub = sign_rhs + [bound - c @ yc for c, bound in zip(C, d)]
+        result = linprog(np.append(np.zeros(n), 1.0), A_ub=np.array(A_ub), b_ub=np.array(b_ub),
+                         bounds=list(zip(lower, upper)) + [(None, None)], method="highs")
+        if result.status == 0 and result.fun < best:
+            best, best_x = float(result.fun), result.x[:n]
+    return best, best_x
+
+
+def reference_verdict(mins: list[float]) -> str:
+    if min(mins) < -CLEAR:
+        return "sat"
+    if min(mins) > CLEAR:
+        return "unsat"
+    return "ambiguous"
+
+
+def check_counterexample(result, onnx_path: Path, lower, upper, disjuncts) -> None:
+    """Parse the VNN-COMP text, run X through onnxruntime, and check it lies in the box and an unsafe region."""
+    text = result.vnncomp_text()
+    assert text.startswith("sat\n(")
+    values = {}
+    for line in text.splitlines()[1:]:
+        name, value = line.strip(" ()").split()
+        values[name] = float(value)
+    x = np.array([values[f"X_{i}"] for i in range(len(lower))])
+    assert np.all(x >= lower) and np.all(x <= upper)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+    y = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32).reshape(shape)})[0].reshape(-1)
+    assert any(np.all(C @ y.astype(np.float64) <= d) for C, d in disjuncts)
+    assert np.allclose([values[f"Y_{j}"] for j in range(len(y))], y)
+
+
+# ---------------------------------------------------------------- tests
+
+def random_property(rng: np.random.Generator, model: nn.Sequential, lower, upper, outputs: int):
+    """Disjuncts of random kinds, offsets placed near the exact optimum so all stages get work."""
+    kind = rng.integers(3)
+    if kind == 0:  # robustness: some other class reaches the label
+        label = int(rng.integers(outputs))
+        disjuncts = []
+        for j in range(outputs):
+            if j != label:
+                row = np.zeros(outputs); row[label], row[j] = 1.0, -1.0
+                disjuncts.append((row[None], np.zeros(1)))
+    elif kind == 1:  # one multi-row conjunction with constants
+        rows = rng.integers(2, 4)
+        disjuncts = [(rng.normal(size=(rows, outputs)), rng.normal(size=rows))]
+    else:  # several disjuncts of single constant bounds Y_j <= c
+        disjuncts = []
+        for j in rng.choice(outputs, size=2, replace=False):
+            row = np.zeros(outputs); row[j] = 1.0
+            disjuncts.append((row[None], np.array([0.0])))
+    shifted = []
+    for C, d in disjuncts:  # move d so the disjunct's exact margin becomes a random small value
+        base = reference_min_all_binary(model, lower, upper, C, d)
+        shift = rng.choice([-1, 1], p=[0.6, 0.4]) * 10.0 ** rng.uniform(-4, -1)
+        shifted.append((C, d + base + shift))
+    return shifted
+
+
+def test_random_instances_agree_with_exact_reference(tmp_path):
+    rng = np.random.default_rng(2024)
+    cache = ModelCache()
+    decided = {"sat": 0, "unsat": 0}
+    for trial in range(24):
+        inputs, outputs = int(rng.integers(2, 5)), int(rng.integers(2, 4))
+        hidden = tuple(int(h) for h in rng.integers(3, 8, size=int(rng.integers(1, 3))))
+        model = random_network(trial, inputs, hidden, outputs)
+        onnx_path = export(model, tmp_path / f"net{trial}.onnx", (1, inputs))
+        centre = rng.uniform(-1, 1, size=inputs)
+        eps = float(rng.choice([0.0, 0.05, 0.2, 0.5], p=[0.1, 0.2, 0.3, 0.4]))
+        lower, upper = centre - eps, centre + eps
+        disjuncts = random_property(rng, model, lower, upper, outputs)
+        vnnlib = write_vnnlib(tmp_path / f"p{trial}.vnnlib", lower, upper, outputs, disjuncts)
+        result = verify_instance(onnx_path, vnnlib, options=FAST, cache=cache)
+        expected = reference_verdict([reference_min_all_binary(model, lower, upper, C, d) for C, d in disjuncts])
+        context = f"trial {trial}: {result.verdict} ({result.stage}) vs reference {expected}; {result.message}"
+        if result.verdict == "sat":
+            check_counterexample(result, onnx_path, lower, upper, disjuncts)
+        if expected != "ambiguous":
+            assert result.verdict == expected, context
+            decided[expected] += 1
+        else:
+            assert result.verdict in ("sat", "unknown"), context
+    assert decided["sat"] >= 3 and decided["unsat"] >= 3, decided
+
+
+def test_enumeration_and_all_binary_references_agree():
+    rng = np.random.default_rng(7)
+    for seed in range(4):
+        model = random_network(100 + seed, 2, (3, 3), 2)
+        lower = rng.uniform(-1, 0, size=2)
+        upper = lower + 0.8
+        C, d = rng.normal(size=(2, 2)), rng.normal(size=2)
+        enumerated, _ = reference_min_enumeration(model, lower, upper, C, d)
+        assert reference_min_all_binary(model, lower, upper, C, d) == pytest.approx(enumerated, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def exact_minimum_instance(tmp_path_factory):
+    """A tiny network, a box, one row c, and the float64 value of c·y at c·y's exact minimiser."""
+    model = random_network(5, 3, (6, 5), 3)
+    onnx_path = export(model, tmp_path_factory.mktemp("tiny") / "net.onnx", (1, 3))
+    lower, upper = np.full(3, -0.5), np.full(3, 0.5)
+    C = np.array([[1.0, -1.0, 0.5]])
+    minimum, minimiser = reference_min_enumeration(model, lower, upper, C, np.zeros(1))
+    achieved = float((C @ load_onnx_network(onnx_path).forward(minimiser[None])[0])[0])
+    assert achieved == pytest.approx(minimum, abs=1e-7)
+    return onnx_path, lower, upper, C, achieved
+
+
+@pytest.mark.parametrize("margin, allowed", [
+    (-1e-3, {"unsat"}), (-1e-4, {"unsat"}), (-1e-5, {"unsat", "unknown"}), (-1e-7, {"unsat", "unknown", "sat"}),
+    (1e-7, {"unknown", "sat"}), (1e-5, {"sat"}), (1e-3, {"sat"}),
+])
+def test_tiny_margins(tmp_path, exact_minimum_instance, margin, allowed):
+    """d = (exact minimum of c·y) + margin: a positive margin is a real violation, never unsat."""
+    onnx_path, lower, upper, C, achieved = exact_minimum_instance
+    disjuncts = [(C, np.array([achieved + margin]))]
+    vnnlib = write_vnnlib(tmp_path / "p.vnnlib", lower, upper, 3, disjuncts)
+    result = verify_instance(onnx_path, vnnlib, options=FAST)
+    assert result.verdict in allowed, (result.verdict, result.stage, result.message)
+    if result.verdict == "sat":
+        check_counterexample(result, onnx_path, lower, upper, disjuncts)
+
+
+@pytest.mark.parametrize("shift, expected", [(1e-3, "sat"), (-1e-3, "unsat")])
+def test_degenerate_box_eps_zero(tmp_path, shift, expected):
+    model = random_network(11, 4, (8,), 3)
+    onnx_path = export(model, tmp_path / "net.onnx", (1, 4))
+    point = np.array([0.25, -0.5, 0.125, 0.75], dtype=np.float32).astype(np.float64)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    y = session.run(None, {"input": point.astype(np.float32)[None]})[0][0].astype(np.float64)
+    C = np.array([[1.0, -2.0, 0.0], [0.0, 1.0, 1.0]])
+    disjuncts = [(C, C @ y + shift)]
+    vnnlib = write_vnnlib(tmp_path / "p.vnnlib", point, point, 3, disjuncts)
+    result = verify_instance(onnx_path, vnnlib, options=FAST)
+    assert result.verdict == expected
+    if expected == "sat":
+        check_counterexample(result, onnx_path, point, point, disjuncts)
+
+
+def test_milp_alone_matches_reference_with_loose_and_tight_bounds():
+    """The exact stage by itself (no bound stage can hide an error) on random nets and margins."""
+    rng = np.random.default_rng(3)
+    for seed in range(6):
+        model = random_network(200 + seed, 3, (6, 6), 3)
+        from maar_plugin.verification.network import AffineLayer, ReluNetwork
+        network = ReluNetwork(tuple(AffineLayer(w, b) for w, b in network_matrices(model)), (1, 3))
+        lower = rng.uniform(-1, 0.5, size=3)
+        upper = lower + rng.uniform(0.05, 0.6, size=3)
+        C, d = rng.normal(size=(2, 3)), np.zeros(2)
+        minimum = reference_min_all_binary(model, lower, upper, C, d)
+        lirpa = LirpaBoundStages(network)
+        lirpa.spec_lower_bounds(lower, upper, C, "CROWN")
+        for bounds in (interval_preactivation_bounds(network, lower, upper),
+                       interval_preactivation_bounds(network, lower, upper, lirpa.preactivation_bounds())):
+            for margin in (-1e-3, 1e-3):
+                outcome = solve_disjunct(network, bounds, lower, upper, C, d + minimum + margin, time_limit=20)
+                if margin < 0:
+                    assert outcome.status == "refuted", (seed, outcome)
+                else:
+                    assert outcome.status == "candidate" and outcome.objective <= 0, (seed, outcome)
+                    assert np.all(outcome.x >= lower - 1e-9) and np.all(outcome.x <= upper + 1e-9)
+                    assert np.all(C @ network.forward(outcome.x[None])[0] <= d + minimum + margin + 1e-6)
+
+
+@pytest.mark.parametrize("method", ["IBP", "CROWN", "alpha-CROWN"])
+def test_bound_stages_contain_sampled_values(method):
+    model = random_network(31, 4, (10, 8), 3)
+    from maar_plugin.verification.network import AffineLayer, ReluNetwork
+    network = ReluNetwork(tuple(AffineLayer(w, b) for w, b in network_matrices(model)), (1, 4))
+    rng = np.random.default_rng(0)
+    lower = rng.uniform(-1, 0, size=4)
+    upper = lower + 0.4
+    C = rng.normal(size=(3, 3))
+    stages = LirpaBoundStages(network, alpha_iterations=5)
+    spec_lower = stages.spec_lower_bounds(lower, upper, C, method)
+    pre_bounds = stages.preactivation_bounds()
+    samples = rng.uniform(lower, upper, size=(3000, 4))
+    samples[:16] = np.array(list(itertools.product(*zip(lower, upper))))  # the box's corners
+    assert np.all((network.forward(samples) @ C.T).min(axis=0) >= spec_lower - 1e-5)
+    activations = samples
+    for layer, (low, up) in zip(network.layers[:-1], pre_bounds):
+        z = activations @ layer.weight.T + layer.bias
+        assert np.all(z >= low) and np.all(z <= up)
+        activations = np.maximum(z, 0)
+
+
+@pytest.mark.parametrize("second_box_threshold, expected", [(-1e3, "unsat"), (1e3, "sat")])
+def test_disjunction_of_input_boxes(tmp_path, second_box_threshold, expected):
+    """A file whose cases have different input boxes holds only if every case holds."""
+    model = random_network(41, 2, (4,), 2)
+    onnx_path = export(model, tmp_path / "net.onnx", (1, 2))
+    header = "(declare-const X_0 Real)\n(declare-const X_1 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n"
+    case_one = "(and (>= X_0 0.0) (<= X_0 0.1) (>= X_1 0.0) (<= X_1 0.1) (<= Y_0 -1000.0))"
+    case_two = f"(and (>= X_0 0.5) (<= X_0 0.6) (>= X_1 0.5) (<= X_1 0.6) (<= Y_1 {second_box_threshold!r}))"
+    vnnlib = tmp_path / "p.vnnlib"
+    vnnlib.write_text(header + f"(assert (or {case_one} {case_two}))\n")
+    result = verify_instance(onnx_path, vnnlib, options=FAST)
+    assert result.verdict == expected, result.message
+    if expected == "sat":
+        assert np.all(result.counterexample[0] >= 0.5) and np.all(result.counterexample[0] <= 0.6)
