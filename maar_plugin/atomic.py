@@ -17,6 +17,7 @@ def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], None]) -> No
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be shared
         os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):

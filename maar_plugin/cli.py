@@ -53,13 +53,144 @@ def train(run_dir: str, config_file: str | None, resume: bool, no_progress: bool
 @click.option("--count", type=int, help="test images (default: the whole test set)")
 @click.option("--pgd-steps", type=int, default=50, show_default=True, help="PGD steps")
 @click.option("--pgd-restarts", type=int, default=3, show_default=True, help="PGD restarts")
-@click.option("--no-crown", is_flag=True, help="skip CROWN verification")
-def evaluate(run_dir: str, eps: float | None, count: int | None, pgd_steps: int, pgd_restarts: int, no_crown: bool) -> None:
+@click.option("--crown-count", type=int, help="first test images that also get CROWN bounds (default: all; 0: none)")
+def evaluate(run_dir: str, eps: float | None, count: int | None, pgd_steps: int, pgd_restarts: int,
+             crown_count: int | None) -> None:
     """Recompute a run's metrics on the test set: clean, PGD, IBP- and CROWN-verified accuracy."""
     from maar_plugin.training.evaluate_run import evaluate_run, format_table
 
-    results = evaluate_run(run_dir, eps=eps, count=count, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, crown=not no_crown)
+    results = evaluate_run(run_dir, eps=eps, count=count, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+                           crown_count=crown_count)
     click.echo(format_table([results]))
+
+
+@cli.command("export")
+@click.argument("run_dir", required=False, type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="ONNX path without .onnx, e.g. models/NAME")
+@click.option("--eps", type=float, help="L-inf radius in [0,1] pixel space")
+@click.option("--count", type=int, help="number of test images")
+@click.option("--selection", type=click.Choice(["first", "random"]), default="first", show_default=True,
+              help="first N test images or a seeded random sample")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed of --selection random")
+@click.option("--timeout", type=float, default=120.0, show_default=True, help="seconds per instance")
+@click.option("--specs-dir", type=click.Path(file_okay=False),
+              help="root of the spec folders (default: vnnlib_specs beside the ONNX file's folder)")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="device in the α,β-CROWN config")
+@click.option("--force", is_flag=True, help="overwrite an earlier export")
+@click.option("--abcrown-config-only", is_flag=True,
+              help="only write instances.csv and abcrown.yaml for an existing ONNX file and spec folder")
+def export(run_dir: str | None, out: str, eps: float | None, count: int | None, selection: str, seed: int,
+           timeout: float, specs_dir: str | None, device: str, force: bool, abcrown_config_only: bool) -> None:
+    """Export a run as ONNX + VNN-LIB robustness specs + instances.csv + α,β-CROWN config."""
+    from maar_plugin.export import export_run, write_abcrown_config_only
+
+    if abcrown_config_only:
+        paths = write_abcrown_config_only(out, timeout=timeout, force=force, specs_dir=specs_dir, device=device)
+        click.echo(f"wrote {paths.spec_dir}/instances.csv and {paths.spec_dir}/abcrown.yaml")
+        return
+    if run_dir is None or eps is None or count is None:
+        raise MaarError("maar export needs RUN_DIR, --eps and --count (or --abcrown-config-only)")
+    summary = export_run(run_dir, eps, count, out, selection=selection, seed=seed, timeout=timeout, force=force,
+                         specs_dir=specs_dir, device=device)
+    click.echo(f"ONNX check on {summary.check.images} test images: max |difference| "
+               f"onnxruntime {summary.check.onnxruntime:.3g}, onnx2torch {summary.check.onnx2torch:.3g}")
+    click.echo(f"wrote {summary.paths.onnx} and {summary.instances} instances in {summary.paths.spec_dir} "
+               f"({summary.misclassified} misclassified, kept); α,β-CROWN: "
+               f"python abcrown.py --config {(summary.paths.spec_dir / 'abcrown.yaml').resolve()}")
+
+
+@cli.command()
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), help="ONNX network (with --vnnlib)")
+@click.option("--vnnlib", "vnnlib_path", type=click.Path(dir_okay=False), help="VNN-LIB property (with --onnx)")
+@click.option("--instances", "instances_csv", type=click.Path(dir_okay=False),
+              help="VNN-COMP instances.csv (onnx,vnnlib,timeout per row, relative to the csv)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="an existing α,β-CROWN YAML config")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="results folder (default for batches: results/<csv folder or config name>)")
+@click.option("--resume", is_flag=True, help="skip instances already in the log of --out")
+@click.option("--timeout", type=float, help="seconds per instance where the csv gives none  [default: 60]")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="device of the bound stages  [default: cpu]")
+@click.option("--pgd-steps", type=int, help="PGD steps per restart  [default: 50]")
+@click.option("--pgd-restarts", type=int, help="PGD restarts  [default: 5]")
+@click.option("--alpha-iterations", type=int, help="alpha-CROWN optimisation steps  [default: 20]")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
+           out_dir: str | None, resume: bool, no_progress: bool, **flags) -> None:
+    """Verify ONNX + VNN-LIB instances completely: attack, IBP, CROWN, alpha-CROWN, then an exact MILP."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from maar_plugin.verification import (Instance, VerifyOptions, instance_table, read_abcrown_config,
+                                          read_instances_csv, stage_table, verify_instance, verify_instances)
+
+    sources = sum([bool(onnx_path or vnnlib_path), bool(instances_csv), bool(config_file)])
+    if sources != 1 or bool(onnx_path) != bool(vnnlib_path):
+        raise MaarError("give exactly one of: --onnx with --vnnlib, --instances CSV, --config YAML")
+    options = VerifyOptions()
+    if config_file:
+        job = read_abcrown_config(config_file)
+        for note in job.notes:
+            click.echo(f"note: {note}", err=True)
+        if job.ignored_keys:
+            click.echo(f"warning: ignoring α,β-CROWN keys with no equivalent here: {', '.join(job.ignored_keys)}",
+                       err=True)
+        options = replace(options, **job.options)
+        instances, default_out = job.instances, Path("results") / Path(config_file).stem
+    elif instances_csv:
+        instances = read_instances_csv(instances_csv)
+        default_out = Path("results") / Path(instances_csv).resolve().parent.name
+    else:
+        instances, default_out = [Instance(Path(onnx_path), Path(vnnlib_path))], None
+    options = replace(options, **{key: value for key, value in flags.items() if value is not None})
+    if default_out is None and out_dir is None:
+        result = verify_instance(onnx_path, vnnlib_path, options=options)
+        click.echo(instance_table([result]))
+        if result.verdict == "sat":
+            click.echo(result.vnncomp_text(), nl=False)
+        return
+    out = Path(out_dir) if out_dir else default_out
+    results = verify_instances(instances, out, resume=resume, options=options, progress=not no_progress)
+    click.echo(stage_table(results))
+    click.echo(f"results in {out} (results/*.txt, log.jsonl, summary.csv)")
+
+
+@cli.command()
+@click.argument("results_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--instances", "per_instance", is_flag=True, help="also list every instance")
+def report(results_dir: str, per_instance: bool) -> None:
+    """Summarise a `maar verify` results folder: per stage proved / falsified / open and time per instance."""
+    from maar_plugin.verification import instance_table, read_log, stage_table
+
+    results = read_log(results_dir)
+    if not results:
+        raise MaarError(f"{results_dir}: no log.jsonl records (is this a `maar verify --out` folder?)")
+    if per_instance:
+        click.echo(instance_table(results))
+        click.echo()
+    click.echo(stage_table(results))
+
+
+@cli.command("models")
+def models_command() -> None:
+    """List the registered models (built-in and from plugins) with a one-line description."""
+    from maar_plugin.models import model_descriptions
+
+    descriptions = model_descriptions()
+    width = max(map(len, descriptions), default=0)
+    for name, description in descriptions.items():
+        click.echo(f"{name:<{width}}  {description}")
+
+
+@cli.command("objectives")
+def objectives_command() -> None:
+    """List the training objectives (built-in and from plugins) with their hyperparameters and defaults."""
+    from maar_plugin.objectives import list_objectives, objective_hyperparameters
+
+    for name, description in list_objectives().items():
+        click.echo(f"{name}: {description}")
+        for key, (default, help_text) in objective_hyperparameters(name).items():
+            click.echo(f"    {key}={default}  {help_text}")
 
 
 def main() -> None:

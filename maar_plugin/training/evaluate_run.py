@@ -35,7 +35,7 @@ def evaluate_run(
     count: int | None = None,
     pgd_steps: int = 50,
     pgd_restarts: int = 3,
-    crown: bool = True,
+    crown_count: int | None = None,
 ) -> dict:
     """Metrics at ``eps`` (default: the run's) on the first ``count`` test images; saved as evaluation.json."""
     device = resolve_device("auto")
@@ -50,10 +50,11 @@ def evaluate_run(
         images, labels = images[:count], labels[:count]
     accuracies = evaluate_robustness(
         model, images, labels, eps, dataset_info(config.dataset).num_classes,
-        pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, crown_count=None if crown else 0,
+        pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, crown_count=crown_count,
     )
     results = {"run": str(run_dir), "objective": config.objective, "model": config.model, "eps": eps,
-               "count": len(images), **accuracies}
+               "count": len(images), "crown_count": len(images) if crown_count is None else min(crown_count, len(images)),
+               **accuracies}
     atomic_write_text(Path(run_dir) / "evaluation.json", json.dumps(results, indent=2) + "\n")
     return results
 
