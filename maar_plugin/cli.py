@@ -193,5 +193,44 @@ def objectives_command() -> None:
             click.echo(f"    {key}={default}  {help_text}")
 
 
+@cli.command()
+@click.argument("source", type=click.Path())
+@click.option("--eps", type=float, required=True, help="L-inf radius in [0,1] pixel space")
+@click.option("--count", type=int, default=100, show_default=True, help="first N test images")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="results folder")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds per instance")
+@click.option("--dataset", help="dataset of an ONNX source (a run knows its own)")
+@click.option("--data-dir", help="folder with the dataset's standard files")
+@click.option("--resume", is_flag=True, help="continue an interrupted certification in --out")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def certify(source: str, eps: float, count: int, out_dir: str, timeout: float, dataset: str | None,
+            data_dir: str | None, resume: bool, no_progress: bool) -> None:
+    """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
+    complete-certified accuracy side by side."""
+    from maar_plugin.certify import accuracy_table, certify as run_certify
+
+    accuracy = run_certify(source, eps, count, out_dir, timeout=timeout, dataset=dataset, data_dir=data_dir,
+                           resume=resume, progress=not no_progress)
+    click.echo(accuracy_table([accuracy]))
+
+
+@cli.command()
+@click.option("--out", "out_dir", default="demo-out", show_default=True, type=click.Path(file_okay=False))
+@click.option("--count", type=int, default=100, show_default=True, help="test images to verify")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds per instance")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+def demo(out_dir: str, count: int, timeout: float, no_progress: bool) -> None:
+    """Train a small MAAR model on real MNIST, export it, verify it completely, print the table."""
+    from maar_plugin.certify import accuracy_table
+    from maar_plugin.demo import run_demo
+    from maar_plugin.training.loop import format_epoch
+
+    history, accuracy = run_demo(out_dir, count=count, timeout=timeout, progress=not no_progress, log=click.echo)
+    click.echo(f"\nlast training epoch (first {history[-1]['eval_count']} test images; CROWN on "
+               f"{history[-1]['eval_crown_count']}):\n  " + format_epoch(history[-1], len(history)))
+    click.echo(f"\ncomplete verification of the first {accuracy.count} test images:")
+    click.echo(accuracy_table([accuracy]))
+
+
 def main() -> None:
     cli(prog_name="maar")

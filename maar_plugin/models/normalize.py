@@ -8,7 +8,11 @@ from torch import nn
 
 
 class Normalize(nn.Module):
-    """``(x - mean) / std`` per channel; exports to ONNX as Sub and Div with [1, C, 1, 1] constants."""
+    """``(x - mean) / std`` per channel (buffers shaped [1, C, 1, 1]).
+
+    ``maar export`` writes it to ONNX as an equal 1x1 convolution, and ``LirpaBounds`` bounds it as
+    one: auto_LiRPA's fast "patches" mode cannot carry CROWN bounds through per-channel Sub/Div.
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()

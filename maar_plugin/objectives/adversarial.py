@@ -35,5 +35,5 @@ class Pgd(Objective):
         with torch.no_grad():
             logits = self.model(x)
         robust_ce = F.cross_entropy(self.model(adversarial), y)
-        parts = {"natural_ce": F.cross_entropy(logits, y).item(), "robust_ce": robust_ce.item()}
+        parts = {"natural_ce": F.cross_entropy(logits, y).detach(), "robust_ce": robust_ce.detach()}
         return LossTerms(robust_ce, logits, parts)

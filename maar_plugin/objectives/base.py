@@ -18,11 +18,14 @@ from maar_plugin.errors import MaarError
 
 @dataclass
 class LossTerms:
-    """The loss to minimise, the clean logits it saw, and named scalar parts for logging."""
+    """The loss to minimise, the clean logits it saw, and named scalar parts for logging.
+
+    Parts may be detached 0-d tensors: the training loop reads them all in one device sync per step.
+    """
 
     total: Tensor
     logits: Tensor
-    parts: dict[str, float]
+    parts: dict[str, float | Tensor]
 
 
 def hyperparameter(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:

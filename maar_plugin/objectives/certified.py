@@ -82,7 +82,7 @@ class CertifiedObjective(Objective):
         natural_ce = F.cross_entropy(logits, y)
         robust_ce = robust_ce_from_margins(bounds.margin_lower).mean()
         total = kappa * natural_ce + (1.0 - kappa) * robust_ce
-        parts = {"natural_ce": natural_ce.item(), "robust_ce": robust_ce.item(), "kappa": kappa, **bounds.parts}
+        parts = {"natural_ce": natural_ce.detach(), "robust_ce": robust_ce.detach(), "kappa": kappa, **bounds.parts}
         return LossTerms(total, logits, parts)
 
     def pairwise_and_margin_lower(

@@ -82,7 +82,7 @@ class Maar(Objective):
         kl_bound = kl_upper_bound(logits, pairwise_upper_from_lower(bounds.pairwise_lower))
         regularizer = (misclassification_weights(logits, y, settings.weighting) * kl_bound).mean()
         total = terms.total + lam * regularizer
-        return LossTerms(total, logits, {**terms.parts, "maar_reg": regularizer.item(), "lambda": lam})
+        return LossTerms(total, logits, {**terms.parts, "maar_reg": regularizer.detach(), "lambda": lam})
 
 
 @register_objective("maar-ibp")

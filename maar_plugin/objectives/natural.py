@@ -15,4 +15,4 @@ class Natural(Objective):
     def loss(self, x: Tensor, y: Tensor, eps: float, progress: float) -> LossTerms:
         logits = self.model(x)
         natural_ce = F.cross_entropy(logits, y)
-        return LossTerms(natural_ce, logits, {"natural_ce": natural_ce.item()})
+        return LossTerms(natural_ce, logits, {"natural_ce": natural_ce.detach()})

@@ -69,6 +69,13 @@ class _EpochTotals:
         return record
 
 
+def _read_scalars(parts: dict[str, float | Tensor]) -> dict[str, float]:
+    """Loss parts as floats, with one device-to-host copy for all tensor parts."""
+    tensors = {key: value for key, value in parts.items() if isinstance(value, Tensor)}
+    values = torch.stack([value.float().reshape(()) for value in tensors.values()]).tolist() if tensors else []
+    return {**parts, **dict(zip(tensors, values))}
+
+
 def _save(run_dir: Path, model, optimizer, lr_schedule, epoch: int, history: list[dict]) -> None:
     state = {
         "model": model.state_dict(),
@@ -157,14 +164,15 @@ def train(
             if config.warmup_regularizer > 0 and schedule.in_ramp(step):
                 regularizer = warmup_regularizer(model, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
                 loss = loss + config.warmup_regularizer * regularizer
-                parts["warmup_reg"] = float(regularizer)
-            if not torch.isfinite(loss):
+                parts["warmup_reg"] = regularizer.detach()
+            parts["total"] = loss.detach()
+            parts = _read_scalars(parts)
+            if not math.isfinite(parts["total"]):
                 kept = f"the checkpoint after epoch {len(history)} is kept" if history else "no epoch had finished"
                 raise MaarError(
-                    f"loss became {float(loss)} at epoch {epoch + 1}, step {batch_index + 1} (ε={eps:.4g}) in "
+                    f"loss became {parts['total']} at epoch {epoch + 1}, step {batch_index + 1} (ε={eps:.4g}) in "
                     f"{run_dir}; {kept}. Try a lower --lr or a longer --ramp-epochs"
                 )
-            parts["total"] = loss.item()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:

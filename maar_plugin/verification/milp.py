@@ -10,6 +10,8 @@ that the caller re-checks on the original ONNX model. Everything is float64.
 """
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 import highspy
@@ -64,8 +66,7 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
     """
     if time_limit <= 0:
         return MilpOutcome("timeout")
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
+    highs = _silent_highs()
     highs.setOptionValue("time_limit", float(time_limit))
     highs.setOptionValue("threads", 1)
     highs.setOptionValue("objective_target", -float(required_margin))
@@ -127,6 +128,23 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
                   np.concatenate(rows.values))
     highs.run()
     return _outcome(highs, t, network.num_inputs)
+
+
+def _silent_highs() -> highspy.Highs:
+    """A HiGHS instance that prints nothing; its C++ constructor writes a banner straight to file
+    descriptor 1 (once per process), which would land in the middle of our tables."""
+    sys.stdout.flush()
+    saved_stdout = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        highs = highspy.Highs()
+    finally:
+        os.dup2(saved_stdout, 1)
+        os.close(saved_stdout)
+        os.close(null)
+    highs.setOptionValue("output_flag", False)
+    return highs
 
 
 def _outcome(highs: highspy.Highs, t_column: int, num_inputs: int) -> MilpOutcome:

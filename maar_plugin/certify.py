@@ -1,0 +1,135 @@
+"""``maar certify``: export a model's test points as VNN-LIB instances, verify them completely, and
+show clean, PGD, IBP-, CROWN-, alpha-CROWN- and complete-certified accuracy side by side."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from maar_plugin.atomic import atomic_write_text
+from maar_plugin.data import dataset_info, load_dataset
+from maar_plugin.errors import MaarError
+from maar_plugin.export import export_run, write_benchmark_files
+from maar_plugin.verification import InstanceResult, VerifyOptions, certified_by, read_instances_csv, verify_instances
+from maar_plugin.vnnlib import write_robustness_vnnlib
+
+CERTIFICATE_NAME = "certified_accuracy.json"
+
+
+@dataclass(frozen=True)
+class CertifiedAccuracy:
+    """Accuracies in percent over ``count`` test points at radius ``eps``.
+
+    ``clean``: the image itself is classified correctly (the centre check finds no violation);
+    ``pgd``: no attack found a counterexample (an upper bound of the true robust accuracy);
+    ``ibp`` / ``crown`` / ``alpha_crown``: proved by that bound method or a cheaper one of the cascade;
+    ``complete``: proved by any stage, the exact MILP included — the true certified accuracy when
+    ``open`` (unknown, timeout, error) is 0.
+    """
+
+    name: str
+    eps: float
+    count: int
+    clean: float
+    pgd: float
+    ibp: float
+    crown: float
+    alpha_crown: float
+    complete: float
+    falsified: int
+    open: int
+
+
+def accuracy_from_results(name: str, eps: float, results: list[InstanceResult]) -> CertifiedAccuracy:
+    count = len(results)
+    if count == 0:
+        raise MaarError("no instances were verified")
+
+    def percent(number: int) -> float:
+        return 100.0 * number / count
+
+    misclassified = sum(r.stage_verdicts.get("centre") == "falsified" for r in results)
+    attacked = sum(r.stage in ("centre", "pgd") and r.verdict == "sat" for r in results)
+    return CertifiedAccuracy(
+        name=name, eps=eps, count=count,
+        clean=percent(count - misclassified),
+        pgd=percent(count - attacked),
+        ibp=percent(certified_by(results, "IBP")),
+        crown=percent(certified_by(results, "CROWN")),
+        alpha_crown=percent(certified_by(results, "alpha-CROWN")),
+        complete=percent(sum(r.verdict == "unsat" for r in results)),
+        falsified=sum(r.verdict == "sat" for r in results),
+        open=sum(r.verdict not in ("sat", "unsat") for r in results),
+    )
+
+
+def _write_onnx_benchmark(onnx_path: Path, dataset: str, data_dir: str | None, eps: float, count: int,
+                          timeout: float, spec_dir: Path) -> Path:
+    """Specs for the first ``count`` test images against an existing ONNX model; returns the csv."""
+    info = dataset_info(dataset)
+    images, labels = load_dataset(dataset, "test", data_dir)
+    if not 0 < count <= len(images):
+        raise MaarError(f"--count must be in 1..{len(images)}, got {count}")
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = spec_dir / f"img{index:05d}_eps{eps:g}.vnnlib"
+        write_robustness_vnnlib(path, images[index].numpy(), int(labels[index]), eps, info.num_classes,
+                                {"dataset": dataset, "test_index": str(index), "model": onnx_path.name})
+        paths.append(path)
+    write_benchmark_files(spec_dir, onnx_path.resolve(), paths, info.input_shape, timeout, "cpu")
+    return spec_dir / "instances.csv"
+
+
+def certify(
+    source: str | Path,
+    eps: float,
+    count: int,
+    out_dir: str | Path,
+    timeout: float = 60.0,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    resume: bool = False,
+    options: VerifyOptions | None = None,
+    progress: bool = True,
+) -> CertifiedAccuracy:
+    """Certify a training run (``maar export`` of it) or an ONNX classifier (with ``dataset``) on the
+    first ``count`` test images at ``eps``; everything is written under ``out_dir``, resumably."""
+    if not 0 < eps <= 1:
+        raise MaarError(f"--eps must be in (0, 1], got {eps}")
+    source, out_dir = Path(source), Path(out_dir)
+    name = source.stem if source.suffix == ".onnx" else source.name
+    spec_dir = out_dir / "vnnlib_specs" / name
+    csv_path = spec_dir / "instances.csv"
+    if not resume and (csv_path.exists() or (out_dir / "verification").exists()):
+        raise MaarError(f"{out_dir} holds an earlier certification: pass --resume to continue it, or another --out")
+    if not (resume and csv_path.is_file()):
+        if source.suffix == ".onnx":
+            if not source.is_file():
+                raise MaarError(f"no ONNX model at {source}")
+            if dataset is None:
+                raise MaarError("certifying an ONNX file needs --dataset (to pick the test images and labels)")
+            _write_onnx_benchmark(source, dataset, data_dir, eps, count, timeout, spec_dir)
+        elif source.is_dir():
+            export_run(source, eps, count, out_dir / "models" / name, timeout=timeout, force=resume,
+                       specs_dir=out_dir / "vnnlib_specs", device="cpu")
+        else:
+            raise MaarError(f"{source} is neither a training run directory nor an .onnx file")
+    options = options or VerifyOptions(timeout=timeout)
+    results = verify_instances(read_instances_csv(csv_path), out_dir / "verification", resume=resume,
+                               options=options, progress=progress)
+    accuracy = accuracy_from_results(name, eps, results)
+    atomic_write_text(out_dir / CERTIFICATE_NAME, json.dumps(asdict(accuracy), indent=2) + "\n")
+    return accuracy
+
+
+def accuracy_table(rows: list[CertifiedAccuracy]) -> str:
+    """Side-by-side accuracies; the certified columns are cumulative along the cascade."""
+    columns = [("clean", "clean"), ("pgd", "PGD"), ("ibp", "IBP-cert."), ("crown", "≤CROWN-cert."),
+               ("alpha_crown", "≤α-CROWN-cert."), ("complete", "complete-cert.")]
+    header = f"{'model':<28} {'ε':>6} {'n':>5} " + " ".join(f"{title:>15}" for _, title in columns) + "  open"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        cells = " ".join(f"{getattr(row, key):>14.2f}%" for key, _ in columns)
+        lines.append(f"{row.name:<28} {row.eps:>6.3f} {row.count:>5} {cells}  {row.open:>4}")
+    return "\n".join(lines)
