@@ -36,7 +36,8 @@ class LirpaBoundStages:
         self.model = network.to_torch().to(self.device)
         example = torch.zeros(1, network.num_inputs, device=self.device)
         self.bounded = BoundedModule(self.model, example, device=self.device,
-                                     bound_opts={"optimize_bound_args": {"iteration": alpha_iterations}})
+                                     bound_opts={"optimize_bound_args": {"iteration": alpha_iterations},
+                                                 "sparse_features_alpha": False})
         self.relus = [node for node in self.bounded._modules.values() if isinstance(node, BoundRelu)]
         if len(self.relus) != len(network.hidden_sizes):
             raise MaarError(f"auto_LiRPA sees {len(self.relus)} ReLUs, the network has {len(network.hidden_sizes)}")

@@ -1,0 +1,79 @@
+"""`maar certify` and `maar demo`'s pieces: export + complete verification of a small real run."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maar_plugin.certify import accuracy_table, certify
+from maar_plugin.cli import cli
+from maar_plugin.data import load_dataset
+from maar_plugin.demo import _training_state
+from maar_plugin.errors import MaarError
+from maar_plugin.training.config import build_config
+from maar_plugin.training.evaluate_run import load_trained_model
+from maar_plugin.training.loop import train
+
+COUNT = 6
+EPS = 0.005  # small enough for the bound stages to prove most of these instances quickly
+TIMEOUT = 5
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "mlp"
+    config = build_config(None, dict(
+        dataset="mnist", model="mlp-256x2", objective="ibp", eps=0.02, epochs=1, warmup_epochs=0, ramp_epochs=1,
+        train_count=1024, eval_count=32, eval_crown_count=0, eval_pgd_steps=2, device="cpu", batch_size=128))
+    train(config, run_dir, show_progress=False, log=lambda line: None)
+    return run_dir
+
+
+def test_certified_columns_are_ordered_and_clean_matches_torch(small_run, tmp_path):
+    accuracy = certify(small_run, EPS, COUNT, tmp_path / "cert", timeout=TIMEOUT, progress=False)
+    assert accuracy.count == COUNT
+    assert accuracy.ibp <= accuracy.crown <= accuracy.alpha_crown <= accuracy.complete <= accuracy.pgd <= accuracy.clean
+    assert accuracy.complete > 0
+    assert accuracy.complete + 100.0 * (accuracy.falsified + accuracy.open) / COUNT == pytest.approx(100.0)
+    model, _ = load_trained_model(small_run)
+    images, labels = load_dataset("mnist", "test")
+    with torch.no_grad():
+        correct = (model(images[:COUNT]).argmax(1) == labels[:COUNT]).float().mean().item() * 100
+    assert accuracy.clean == pytest.approx(correct)
+    saved = json.loads((tmp_path / "cert" / "certified_accuracy.json").read_text())
+    assert saved["complete"] == accuracy.complete
+    assert "complete-cert." in accuracy_table([accuracy])
+
+
+def test_certify_refuses_to_overwrite_and_resumes(small_run, tmp_path):
+    first = certify(small_run, EPS, COUNT, tmp_path / "cert", timeout=TIMEOUT, progress=False)
+    with pytest.raises(MaarError, match="--resume"):
+        certify(small_run, EPS, COUNT, tmp_path / "cert", timeout=TIMEOUT, progress=False)
+    again = certify(small_run, EPS, COUNT, tmp_path / "cert", timeout=TIMEOUT, resume=True, progress=False)
+    assert again == first
+
+
+def test_certify_an_onnx_file_needs_a_dataset(small_run, tmp_path):
+    onnx_path = tmp_path / "cert" / "models" / "mlp.onnx"
+    certified = certify(small_run, EPS, 3, tmp_path / "cert", timeout=TIMEOUT, progress=False)
+    from_onnx = certify(onnx_path, EPS, 3, tmp_path / "again", timeout=TIMEOUT, dataset="mnist", progress=False)
+    assert from_onnx.complete == certified.complete and from_onnx.clean == certified.clean
+    with pytest.raises(MaarError, match="--dataset"):
+        certify(onnx_path, EPS, 3, tmp_path / "third", progress=False)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["/nonexistent/run", "--eps", "0.1"], "neither a training run"),
+    (["RUN", "--eps", "0"], "--eps"),
+])
+def test_cli_certify_bad_input_is_one_line(small_run, tmp_path, arguments, message):
+    arguments = [str(small_run) if a == "RUN" else a for a in arguments]
+    result = CliRunner().invoke(cli, ["certify", *arguments, "--out", str(tmp_path / "c"), "--no-progress"])
+    assert result.exit_code == 1
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_demo_training_state(small_run, tmp_path):
+    assert _training_state(tmp_path / "nothing", 1) == "new"
+    assert _training_state(small_run, 1) == "done"
+    assert _training_state(small_run, 2) == "partial"
