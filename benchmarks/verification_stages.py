@@ -3,7 +3,7 @@
     python benchmarks/verification_stages.py vnnlib_specs/NAME/instances.csv --out results/NAME [--timeout 60]
 
 Runs (or resumes) the verification into --out, reusing whatever its log already holds, then prints the
-stage table, the cumulative certified counts (IBP / CROWN / alpha-CROWN / complete) and one line per
+stage table, the cumulative certified counts (IBP / CROWN / alpha-CROWN / LP / complete) and one line per
 instance with its verdict, deciding stage, seconds and number of unstable ReLUs.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     print(stage_table(results))
     print()
     total = len(results)
-    for stage in (*BOUND_STAGES, "MILP"):
+    for stage in (*BOUND_STAGES, "LP", "MILP"):
         label = "complete (MILP)" if stage == "MILP" else stage
         print(f"certified by {label:<16} or earlier: {certified_by(results, stage):4d} / {total}")
     unstable = [r.unstable_relus for r in results if r.unstable_relus is not None]

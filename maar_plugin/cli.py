@@ -117,7 +117,7 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
            out_dir: str | None, resume: bool, no_progress: bool, **flags) -> None:
-    """Verify ONNX + VNN-LIB instances completely: attack, IBP, CROWN, alpha-CROWN, then an exact MILP."""
+    """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, LP, then an exact MILP."""
     from dataclasses import replace
     from pathlib import Path
 

@@ -112,4 +112,5 @@ def test_certified_by_counts_cumulatively():
 
     results = [result("unsat", "IBP"), result("unsat", "CROWN"), result("unsat", "alpha-CROWN"),
                result("unsat", "MILP"), result("sat", "pgd"), result("timeout", None)]
-    assert [certified_by(results, stage) for stage in ("pgd", "IBP", "CROWN", "alpha-CROWN", "MILP")] == [0, 1, 2, 3, 4]
+    stages = ("centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "LP", "MILP")
+    assert [certified_by(results, stage) for stage in stages] == [0, 1, 1, 2, 3, 3, 4]

@@ -7,6 +7,7 @@ every ``sat`` counterexample is parsed from the result text and re-run through o
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,11 @@ from torch import nn
 import maar_plugin  # noqa: F401
 from maar_plugin.verification import ModelCache, VerifyOptions, load_onnx_network, verify_instance
 from maar_plugin.verification.bounds import LirpaBoundStages, interval_preactivation_bounds
+from maar_plugin.verification.cascade import Cascade
+from maar_plugin.verification.lp_bounds import disjunct_relaxation, safe_lower_bound, solve_relaxation
 from maar_plugin.verification.milp import solve_disjunct
+from maar_plugin.verification.network import AffineLayer, ReluNetwork
+from maar_plugin.vnnlib.reader import read_vnnlib_cases
 
 FAST = VerifyOptions(timeout=30, pgd_steps=10, pgd_restarts=2, alpha_iterations=5)
 CLEAR = 1e-4  # reference margins beyond this must be decided exactly (above the 1e-5·(1+|d|) tolerance)
@@ -292,7 +297,6 @@ def test_milp_alone_matches_reference_with_loose_and_tight_bounds():
     rng = np.random.default_rng(3)
     for seed in range(6):
         model = random_network(200 + seed, 3, (6, 6), 3)
-        from maar_plugin.verification.network import AffineLayer, ReluNetwork
         network = ReluNetwork(tuple(AffineLayer(w, b) for w, b in network_matrices(model)), (1, 3))
         lower = rng.uniform(-1, 0.5, size=3)
         upper = lower + rng.uniform(0.05, 0.6, size=3)
@@ -348,3 +352,97 @@ def test_disjunction_of_input_boxes(tmp_path, second_box_threshold, expected):
     assert result.verdict == expected, result.message
     if expected == "sat":
         assert np.all(result.counterexample[0] >= 0.5) and np.all(result.counterexample[0] <= 0.6)
+
+
+def relu_network(model: nn.Sequential, input_shape: tuple[int, ...]) -> ReluNetwork:
+    return ReluNetwork(tuple(AffineLayer(w, b) for w, b in network_matrices(model)), input_shape)
+
+
+def sampled_margins(network: ReluNetwork, lower, upper, C, d, rng) -> np.ndarray:
+    """max_r (C_r y - d_r) at random points and the corners of the box."""
+    samples = rng.uniform(lower, upper, size=(2000, lower.size))
+    corners = np.array(list(itertools.product(*zip(lower, upper))))
+    outputs = network.forward(np.concatenate([samples, corners]))
+    return (outputs @ C.T - d).max(axis=1)
+
+
+def test_lp_relaxation_bound_is_sound_and_beats_intervals():
+    """Below the exact minimum (all-binary MILP) and every sampled margin; at least as tight as intervals."""
+    rng = np.random.default_rng(11)
+    for seed in range(8):
+        model = random_network(300 + seed, 3, (6, 5), 3)
+        network = relu_network(model, (1, 3))
+        lower = rng.uniform(-1, 0.5, size=3)
+        upper = lower + rng.uniform(0.1, 0.8, size=3)
+        C, d = rng.normal(size=(int(rng.integers(1, 4)), 3)), rng.normal(size=1) * np.ones(1)
+        d = np.resize(d, C.shape[0])
+        lirpa = LirpaBoundStages(network)
+        lirpa.spec_lower_bounds(lower, upper, C, "CROWN")
+        exact = reference_min_all_binary(model, lower, upper, C, d)
+        for bounds in (interval_preactivation_bounds(network, lower, upper),
+                       interval_preactivation_bounds(network, lower, upper, lirpa.preactivation_bounds())):
+            relaxation = disjunct_relaxation(network, bounds, lower, upper, C, d)
+            bound, point = solve_relaxation(relaxation, time_limit=20)
+            assert bound <= exact + 1e-9, (seed, bound, exact)
+            assert np.all(sampled_margins(network, lower, upper, C, d, rng) >= bound - 1e-9)
+            assert bound >= relaxation.column_lower[-1] - 1e-9  # the interval bound of max_r (C_r y - d_r)
+            assert np.all(point >= lower - 1e-9) and np.all(point <= upper + 1e-9)
+
+
+def test_lp_relaxation_is_exact_without_unstable_relus():
+    """On a box so small that every ReLU is stable the relaxation is the network: bound = exact minimum."""
+    model = random_network(17, 4, (8, 6), 3)
+    network = relu_network(model, (1, 4))
+    lower = np.array([0.1, -0.2, 0.3, 0.05])
+    upper = lower + 1e-3
+    bounds = interval_preactivation_bounds(network, lower, upper)
+    assert all(np.all((low >= 0) | (up <= 0)) for low, up in bounds)
+    C, d = np.array([[1.0, -1.0, 0.0], [0.0, 2.0, -1.0]]), np.array([0.2, -0.1])
+    bound, point = solve_relaxation(disjunct_relaxation(network, bounds, lower, upper, C, d), time_limit=20)
+    exact = reference_min_all_binary(model, lower, upper, C, d)
+    assert bound == pytest.approx(exact, abs=1e-7)
+    assert float((C @ network.forward(point[None])[0] - d).max()) == pytest.approx(exact, abs=1e-7)
+
+
+def test_safe_lower_bound_holds_for_any_multipliers():
+    """The bound does not trust the LP solver: random, wrong-signed or scaled duals still give valid bounds."""
+    rng = np.random.default_rng(5)
+    model = random_network(23, 3, (5, 4), 2)
+    network = relu_network(model, (1, 3))
+    lower, upper = np.full(3, -0.6), np.full(3, 0.4)
+    C, d = np.array([[1.0, -1.0]]), np.array([0.0])
+    relaxation = disjunct_relaxation(network, interval_preactivation_bounds(network, lower, upper), lower, upper, C, d)
+    exact = reference_min_all_binary(model, lower, upper, C, d)
+    rows = relaxation.matrix.shape[0]
+    for scale in (1e-3, 1.0, 10.0):
+        for _ in range(50):
+            assert safe_lower_bound(relaxation, rng.normal(scale=scale, size=rows)) <= exact + 1e-9
+
+
+def test_lp_stage_alone_refutes_only_empty_disjuncts_and_reports_real_counterexamples(tmp_path):
+    """The LP stage on its own (interval bounds, no earlier stage): every disjunct it refutes has an exact
+    minimum above zero, every counterexample it reports reproduces in onnxruntime."""
+    rng = np.random.default_rng(99)
+    cache = ModelCache()
+    outcomes = {"refuted": 0, "sat": 0}
+    for trial in range(10):
+        model = random_network(400 + trial, 3, (6, 6), 3)
+        onnx_path = export(model, tmp_path / f"net{trial}.onnx", (1, 3))
+        lower = rng.uniform(-1, 0.5, size=3)
+        upper = lower + rng.uniform(0.05, 0.5, size=3)
+        disjuncts = random_property(rng, model, lower, upper, 3)
+        vnnlib = write_vnnlib(tmp_path / f"p{trial}.vnnlib", lower, upper, 3, disjuncts)
+        loaded = cache.get(onnx_path)
+        cascade = Cascade(loaded, read_vnnlib_cases(vnnlib, 3, 3), FAST, deadline=time.monotonic() + 30)
+        cascade.run_stage("LP")
+        (case,) = cascade.cases
+        for index, (C, d) in enumerate(disjuncts):
+            if case.refuted[index]:
+                assert reference_min_all_binary(model, lower, upper, C, d) > 0, (trial, index)
+                outcomes["refuted"] += 1
+        if case.counterexample is not None:
+            x, y = case.counterexample
+            assert np.all(x >= lower) and np.all(x <= upper)
+            assert np.allclose(y, loaded.runtime.outputs(x)) and any(np.all(C @ y <= d) for C, d in disjuncts)
+            outcomes["sat"] += 1
+    assert outcomes["refuted"] >= 3 and outcomes["sat"] >= 2, outcomes

@@ -1,10 +1,11 @@
 """Complete verification of ONNX networks against VNN-LIB properties (``maar verify``).
 
 Flow: ``onnx_loader`` turns the ONNX graph into a :class:`ReluNetwork` (dense float64 affine maps with
-ReLUs between; our own converter, see there why not onnx2torch) → ``cascade`` runs centre point, PGD,
-IBP, CROWN, alpha-CROWN (auto_LiRPA on the network as ``nn.Sequential(Linear, ReLU, ...)``) and the
-exact ``milp`` stage (HiGHS) → ``counterexample`` confirms every ``sat`` on the original file with
-onnxruntime → ``batch`` writes VNN-COMP result files, a JSON-lines log and a CSV summary → ``report``.
+ReLUs between; our own converter, see there why not onnx2torch) → ``cascade`` runs centre point, IBP,
+PGD, CROWN, alpha-CROWN (auto_LiRPA on the network as ``nn.Sequential(Linear, ReLU, ...)``), the LP
+relaxation (``lp_bounds``; PGD restarts at its minimiser) and the exact ``milp`` stage (HiGHS) →
+``counterexample`` confirms every ``sat`` on the original file with onnxruntime → ``batch`` writes
+VNN-COMP result files, a JSON-lines log and a CSV summary → ``report``.
 
 Public API: :func:`verify_instance` for one (ONNX, VNN-LIB) pair, :func:`verify_instances` for a batch
 written to a results folder, :class:`InstanceResult` with the verdict, deciding stage and per-stage

@@ -1,11 +1,13 @@
 """The verification cascade for one instance, cheapest stage first.
 
-centre point → PGD → IBP → CROWN → alpha-CROWN → MILP. Attacks look for a counterexample, which only
-counts once onnxruntime reproduces it on the original ONNX file; bound stages refute disjuncts (a
+centre point → IBP → PGD → CROWN → alpha-CROWN → LP → MILP. Attacks look for a counterexample, which
+only counts once onnxruntime reproduces it on the original ONNX file, and aim at the disjuncts still
+open (IBP, ten times cheaper than PGD, goes first and refutes most); bound stages refute disjuncts (a
 disjunct ``C y <= d`` is empty when some row has lower bound of ``C_r y - d_r`` above a float32
-tolerance); the MILP decides the disjuncts that are left, exactly, with big-M constants from the
-tightest pre-activation bounds seen so far. A property is unsat iff every disjunct of every input box
-is refuted, sat iff some point violates it.
+tolerance). The LP stage bounds each open disjunct by its LP relaxation and starts a targeted PGD at
+the LP's minimiser; the MILP decides the disjuncts that are left, exactly, likeliest violation first,
+with big-M constants from the tightest pre-activation bounds seen so far. A property is unsat iff
+every disjunct of every input box is refuted, sat iff some point violates it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from maar_plugin.attacks import pgd_maximize
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.bounds import Bounds, LirpaBoundStages, count_unstable, interval_preactivation_bounds
 from maar_plugin.verification.counterexample import OnnxRuntimeModel, confirmed_counterexample
+from maar_plugin.verification.lp_bounds import disjunct_relaxation, solve_relaxation
 from maar_plugin.verification.milp import MilpOutcome, solve_disjunct
 from maar_plugin.verification.network import ReluNetwork
 from maar_plugin.verification.onnx_loader import load_onnx_network
@@ -86,6 +89,7 @@ class _Case:
     undecided: list[str] = field(default_factory=list)
     preactivation: Bounds | None = None
     crown_intermediate: dict | None = None
+    relaxation_bounds: dict[int, float] = field(default_factory=dict)
     counterexample: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
@@ -130,6 +134,9 @@ class Cascade:
         elif stage in BOUND_STAGES:
             for case in self.open_cases():
                 self.bound(case, stage)
+        elif stage == "LP":
+            for case in self.open_cases():
+                self.relax(case)
         else:
             for case in self.open_cases():
                 self.exact(case)
@@ -140,9 +147,10 @@ class Cascade:
             case.counterexample = found
         return found is not None
 
-    def attack(self, case: _Case, start: np.ndarray | torch.Tensor | None = None, steps: int | None = None) -> bool:
-        """PGD maximising the largest, over open disjuncts, of the smallest row slack ``d - C y``."""
-        rows, offsets, owners = _stacked_rows(case.prop, case.open_disjuncts())
+    def attack(self, case: _Case, start: np.ndarray | torch.Tensor | None = None, steps: int | None = None,
+               disjuncts: list[int] | None = None, restarts: int | None = None) -> bool:
+        """PGD maximising the largest, over ``disjuncts`` (default: the open ones), of the smallest row slack ``d - C y``."""
+        rows, offsets, owners = _stacked_rows(case.prop, case.open_disjuncts() if disjuncts is None else disjuncts)
         device = self.model.bound_stages.device
         C = torch.as_tensor(rows, dtype=torch.float32, device=device)
         d = torch.as_tensor(offsets, dtype=torch.float32, device=device)
@@ -160,7 +168,7 @@ class Cascade:
             start = torch.as_tensor(start, dtype=torch.float32, device=device).reshape(1, -1)
         best = pgd_maximize(self.model.bound_stages.model, lower, upper, violation,
                             steps=self.options.pgd_steps if steps is None else steps,
-                            restarts=self.options.pgd_restarts, start=start)
+                            restarts=self.options.pgd_restarts if restarts is None else restarts, start=start)
         return self.try_counterexample(case, best.double().cpu().numpy().reshape(-1))
 
     def bound(self, case: _Case, method: str) -> None:
@@ -180,11 +188,36 @@ class Cascade:
             self.model.network, case.prop.input_lower, case.prop.input_upper,
             _intersect(case.preactivation, stages.preactivation_bounds()))
 
-    def exact(self, case: _Case) -> None:
+    def relax(self, case: _Case) -> None:
+        """Refute each open disjunct whose LP relaxation's sound bound clears the tolerance; otherwise try the
+        LP's minimiser and one PGD run started there (the relaxation is exact where no ReLU is split, so its
+        minimiser is often close to a real violation that PGD from random starts misses)."""
+        preactivation = self.preactivation(case)
+        for disjunct in case.open_disjuncts():
+            conjunction = case.prop.unsafe[disjunct]
+            relaxation = disjunct_relaxation(self.model.network, preactivation, case.prop.input_lower,
+                                             case.prop.input_upper, conjunction.coefficients, conjunction.bounds)
+            bound, point = solve_relaxation(relaxation, self.remaining())
+            if self.remaining() <= 0:
+                raise _OutOfTime
+            case.relaxation_bounds[disjunct] = bound
+            if bound > self.tolerance(disjunct, case):
+                case.refuted[disjunct] = True
+            elif point is not None and (self.try_counterexample(case, point)
+                                        or self.attack(case, start=point, disjuncts=[disjunct], restarts=1)):
+                return
+
+    def preactivation(self, case: _Case) -> Bounds:
+        """The case's ReLU input bounds, plain intervals if no bound stage has run."""
         if case.preactivation is None:
             case.preactivation = interval_preactivation_bounds(self.model.network, case.prop.input_lower,
                                                                case.prop.input_upper)
-        for disjunct in case.open_disjuncts():
+        return case.preactivation
+
+    def exact(self, case: _Case) -> None:
+        """MILP per open disjunct, the one with the lowest LP bound (the likeliest violation) first."""
+        self.preactivation(case)
+        for disjunct in sorted(case.open_disjuncts(), key=lambda j: case.relaxation_bounds.get(j, -np.inf)):
             outcome = self.solve(case, disjunct, margin=0.0)
             if outcome.status == "candidate" and not self.try_counterexample(case, outcome.x):
                 outcome = self.reproduce(case, disjunct, outcome)
@@ -217,10 +250,14 @@ class Cascade:
 
     def solve(self, case: _Case, disjunct: int, margin: float) -> MilpOutcome:
         conjunction = case.prop.unsafe[disjunct]
-        tolerance = self.options.tolerance * (1 + float(np.max(np.abs(conjunction.bounds), initial=0.0)))
         return solve_disjunct(self.model.network, case.preactivation, case.prop.input_lower, case.prop.input_upper,
                               conjunction.coefficients, conjunction.bounds, self.remaining(), required_margin=margin,
-                              refute_tolerance=tolerance)
+                              refute_tolerance=self.tolerance(disjunct, case))
+
+    def tolerance(self, disjunct: int, case: _Case) -> float:
+        """The margin a disjunct's lower bound must exceed to count as refuted (see VerifyOptions)."""
+        bounds = case.prop.unsafe[disjunct].bounds
+        return self.options.tolerance * (1 + float(np.max(np.abs(bounds), initial=0.0)))
 
     def unstable_relus(self) -> int | None:
         counts = [count_unstable(case.preactivation) for case in self.cases if case.preactivation is not None]

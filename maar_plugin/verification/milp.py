@@ -66,7 +66,7 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
     """
     if time_limit <= 0:
         return MilpOutcome("timeout")
-    highs = _silent_highs()
+    highs = silent_highs()
     highs.setOptionValue("time_limit", float(time_limit))
     highs.setOptionValue("threads", 1)
     highs.setOptionValue("objective_target", -float(required_margin))
@@ -130,7 +130,7 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
     return _outcome(highs, t, network.num_inputs)
 
 
-def _silent_highs() -> highspy.Highs:
+def silent_highs() -> highspy.Highs:
     """A HiGHS instance that prints nothing; its C++ constructor writes a banner straight to file
     descriptor 1 (once per process), which would land in the middle of our tables."""
     sys.stdout.flush()

@@ -7,7 +7,7 @@ import numpy as np
 
 from maar_plugin.verification.counterexample import counterexample_text
 
-STAGES = ("centre", "pgd", "IBP", "CROWN", "alpha-CROWN", "MILP")
+STAGES = ("centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "LP", "MILP")
 BOUND_STAGES = ("IBP", "CROWN", "alpha-CROWN")
 VERDICTS = ("unsat", "sat", "unknown", "timeout", "error")
 
