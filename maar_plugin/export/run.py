@@ -86,7 +86,7 @@ def export_run(run_dir: str | Path, eps: float, count: int, out: str | Path, sel
         predictions = model(images).argmax(dim=1)
 
     metadata = {"producer": f"maar-plugin {maar_plugin.__version__}", "maar_plugin_version": maar_plugin.__version__,
-                "run_dir": str(run_dir.resolve()),
+                "run_dir": str(run_dir),
                 "dataset": info.name, "model": config["model"], "objective": str(config.get("objective")),
                 "train_eps": str(config.get("eps")), "eps": repr(float(eps)), "epoch": str(epoch),
                 "input": f"[1, {', '.join(map(str, info.input_shape))}] pixels in [0, 1], normalised in the graph"}
