@@ -10,11 +10,11 @@ from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from maar_plugin.training.config import build_config
 from maar_plugin.training.loop import train
 
-# A short schedule that fits about ten minutes on a 2-core CPU (README: "make demo").
+# A short schedule that takes a few minutes on a 2-core CPU (README: "make demo").
 DEMO_TRAINING = {
     "dataset": "mnist", "model": "dm-small", "objective": "maar", "objective_args": {"base": "ibp", "lam": 0.5},
-    "eps": 0.1, "epochs": 4, "warmup_epochs": 1, "ramp_epochs": 2, "batch_size": 128, "lr": 1e-3,
-    "eval_count": 500, "eval_crown_count": 100, "eval_pgd_steps": 10, "seed": 0, "device": "auto",
+    "eps": 0.1, "epochs": 8, "warmup_epochs": 1, "ramp_epochs": 4, "lr_decay_epochs": [6], "batch_size": 128,
+    "lr": 1e-3, "eval_count": 1000, "eval_crown_count": 200, "eval_pgd_steps": 10, "seed": 0, "device": "auto",
 }
 
 
