@@ -11,7 +11,7 @@ from maar_plugin.data import load_dataset
 from maar_plugin.demo import _training_state
 from maar_plugin.errors import MaarError
 from maar_plugin.training.config import build_config
-from maar_plugin.training.evaluate_run import load_trained_model
+from maar_plugin.training.run_files import load_trained_model
 from maar_plugin.training.loop import train
 
 COUNT = 6
@@ -35,7 +35,7 @@ def test_certified_columns_are_ordered_and_clean_matches_torch(small_run, tmp_pa
     assert accuracy.ibp <= accuracy.crown <= accuracy.alpha_crown <= accuracy.complete <= accuracy.pgd <= accuracy.clean
     assert accuracy.complete > 0
     assert accuracy.complete + 100.0 * (accuracy.falsified + accuracy.open) / COUNT == pytest.approx(100.0)
-    model, _ = load_trained_model(small_run)
+    model, _, _ = load_trained_model(small_run)
     images, labels = load_dataset("mnist", "test")
     with torch.no_grad():
         correct = (model(images[:COUNT]).argmax(1) == labels[:COUNT]).float().mean().item() * 100

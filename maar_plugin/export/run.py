@@ -20,12 +20,11 @@ import torch
 
 import maar_plugin
 from maar_plugin.atomic import atomic_write_text
-from maar_plugin.data import DatasetInfo, dataset_info, load_dataset
+from maar_plugin.data import dataset_info, load_dataset
 from maar_plugin.errors import MaarError
 from maar_plugin.export.abcrown import CONFIG_NAME, DEVICES, INSTANCES_NAME, write_benchmark_files
 from maar_plugin.export.onnx_export import OnnxCheck, export_onnx
-from maar_plugin.models import create_model
-from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from maar_plugin.training.run_files import load_trained_model
 from maar_plugin.vnnlib import write_robustness_vnnlib
 
 SELECTIONS = ("first", "random")
@@ -72,14 +71,13 @@ def export_run(run_dir: str | Path, eps: float, count: int, out: str | Path, sel
     _check_selection(eps, count, selection)
     _check_benchmark_options(timeout, device)
     run_dir = Path(run_dir)
-    config = _read_run_config(run_dir)
+    model, config, epoch = load_trained_model(run_dir)
     paths = ExportPaths.from_out(out, specs_dir)
     _refuse_existing(paths, force)
-    info = dataset_info(config["dataset"])
-    model, epoch = _load_model(run_dir, config["model"], info)
-    images, labels = load_dataset(config["dataset"], "test", config.get("data_dir"))
+    info = dataset_info(config.dataset)
+    images, labels = load_dataset(config.dataset, "test", config.data_dir)
     if count > len(images):
-        raise MaarError(f"--count {count} is larger than the {config['dataset']} test set ({len(images)} images)")
+        raise MaarError(f"--count {count} is larger than the {config.dataset} test set ({len(images)} images)")
     indices = _select(len(images), count, selection, seed)
     images, labels = images[indices], labels[indices]
     with torch.no_grad():
@@ -87,8 +85,8 @@ def export_run(run_dir: str | Path, eps: float, count: int, out: str | Path, sel
 
     metadata = {"producer": f"maar-plugin {maar_plugin.__version__}", "maar_plugin_version": maar_plugin.__version__,
                 "run_dir": str(run_dir),
-                "dataset": info.name, "model": config["model"], "objective": str(config.get("objective")),
-                "train_eps": str(config.get("eps")), "eps": repr(float(eps)), "epoch": str(epoch),
+                "dataset": info.name, "model": config.model, "objective": config.objective,
+                "train_eps": str(config.effective_train_eps), "eps": repr(float(eps)), "epoch": str(epoch),
                 "input": f"[1, {', '.join(map(str, info.input_shape))}] pixels in [0, 1], normalised in the graph"}
     check = export_onnx(paths.onnx, model, images, metadata)
     paths.spec_dir.mkdir(parents=True, exist_ok=True)
@@ -146,37 +144,6 @@ def _check_benchmark_options(timeout: float, device: str) -> None:
         raise MaarError(f"--timeout must be positive, got {timeout}")
     if device not in DEVICES:
         raise MaarError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-
-
-def _read_run_config(run_dir: Path) -> dict:
-    config_path = run_dir / "config.json"
-    if not run_dir.is_dir():
-        raise MaarError(f"unknown run directory {run_dir}")
-    if not config_path.is_file():
-        raise MaarError(f"{run_dir} is not a training run (no config.json)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise MaarError(f"{config_path}: cannot read ({error})") from None
-    missing = [key for key in ("dataset", "model") if not isinstance(config, dict) or key not in config]
-    if missing:
-        raise MaarError(f"{config_path} lacks {', '.join(missing)}")
-    return config
-
-
-def _load_model(run_dir: Path, name: str, info: DatasetInfo) -> tuple[torch.nn.Sequential, object]:
-    """The run's model with its checkpoint's weights, in eval mode, and the checkpoint's epoch."""
-    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    model = create_model(name, info)
-    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict):
-        raise MaarError(f"{run_dir / CHECKPOINT_NAME} has no model state dict")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
-        raise MaarError(f"checkpoint does not match model {name} ({detail})") from None
-    return model.eval(), checkpoint.get("epoch")
 
 
 def _select(total: int, count: int, selection: str, seed: int) -> np.ndarray:

@@ -116,14 +116,3 @@ def load_yaml_mapping(path: str | Path) -> dict:
 
 def save_config(config: TrainConfig, path: Path) -> None:
     atomic_write_text(path, json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
-
-
-def load_run_config(run_dir: str | Path) -> TrainConfig:
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise MaarError(f"{run_dir} is not a training run (no config.json)")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise MaarError(f"{path}: corrupt ({error})") from None
-    return build_config(overrides=data)

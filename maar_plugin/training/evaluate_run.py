@@ -4,29 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.data import dataset_info, load_dataset
 from maar_plugin.errors import MaarError
-from maar_plugin.models import create_model
-from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
-from maar_plugin.training.config import TrainConfig, load_run_config
 from maar_plugin.training.evaluate import evaluate_robustness
 from maar_plugin.training.loop import resolve_device
-
-
-def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """The run's model with its checkpoint's weights, in eval mode."""
-    config = load_run_config(run_dir)
-    model = create_model(config.model, dataset_info(config.dataset))
-    state = load_checkpoint(Path(run_dir) / CHECKPOINT_NAME, map_location=device)
-    try:
-        model.load_state_dict(state["model"])
-    except (KeyError, RuntimeError):
-        raise MaarError(f"{run_dir}: the checkpoint does not match model {config.model}") from None
-    return model.to(device).eval(), config
+from maar_plugin.training.run_files import load_trained_model
 
 
 def evaluate_run(
@@ -39,7 +22,7 @@ def evaluate_run(
 ) -> dict:
     """Metrics at ``eps`` (default: the run's) on the first ``count`` test images; saved as evaluation.json."""
     device = resolve_device("auto")
-    model, config = load_trained_model(run_dir, device)
+    model, config, _ = load_trained_model(run_dir, device)
     eps = config.eps if eps is None else eps
     if not 0 <= eps <= 1:
         raise MaarError(f"--eps must be in [0, 1], got {eps}")

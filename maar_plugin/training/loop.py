@@ -16,7 +16,8 @@ from maar_plugin.errors import MaarError
 from maar_plugin.models import create_model
 from maar_plugin.objectives import create_objective
 from maar_plugin.training.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
-from maar_plugin.training.config import TrainConfig, load_run_config, save_config
+from maar_plugin.training.config import TrainConfig, save_config
+from maar_plugin.training.run_files import load_run_config
 from maar_plugin.training.evaluate import evaluate_robustness
 from maar_plugin.training.metrics_log import plot_metrics, write_metrics
 from maar_plugin.training.schedule import SmoothedEpsSchedule
