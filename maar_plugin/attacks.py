@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from maar_plugin.bounds.box import linf_ball_box
 from maar_plugin.errors import MaarError
 
 
@@ -101,8 +102,7 @@ def pgd_attack(
     if loss not in ATTACK_LOSSES:
         raise MaarError(f"unknown attack loss {loss!r}; choose one of {sorted(ATTACK_LOSSES)}")
     loss_fn = ATTACK_LOSSES[loss]
-    lower = (x - eps).clamp(0.0, 1.0)
-    upper = (x + eps).clamp(0.0, 1.0)
+    lower, upper = linf_ball_box(x, eps)
     if step_size is None:
         step_size = 2.5 * eps / max(steps, 1)
     return pgd_maximize(model, lower, upper, lambda logits: loss_fn(logits, y), steps, restarts, step_size)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maar_plugin.bounds.box import linf_ball_box
 from maar_plugin.bounds.ibp import interval_bounds
 from maar_plugin.bounds.lirpa import LirpaBounds
 from maar_plugin.bounds.specs import margin_spec, margins_from_pairwise, pairwise_matrix, pairwise_spec
@@ -71,7 +72,7 @@ class CertifiedObjective(Objective):
     ) -> RobustBounds:
         """Bounds over the ε-ball ∩ [0,1] from one pass. Pairwise rows are bounded by the pass's IBP part,
         or, with ``tight_pairwise``, by the objective's own method (for CROWN-IBP ~K times its CROWN cost)."""
-        lower, upper = (x - eps).clamp(0.0, 1.0), (x + eps).clamp(0.0, 1.0)
+        lower, upper = linf_ball_box(x, eps)
         pairwise_lower, margin_lower, parts = self.pairwise_and_margin_lower(lower, upper, y, progress, tight_pairwise)
         return RobustBounds(margin_lower, pairwise_lower, parts)
 

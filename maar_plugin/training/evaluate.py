@@ -5,13 +5,10 @@ import torch
 from torch import Tensor, nn
 
 from maar_plugin.attacks import pgd_attack
+from maar_plugin.bounds.box import linf_ball_box
 from maar_plugin.bounds.ibp import interval_bounds
 from maar_plugin.bounds.lirpa import LirpaBounds
 from maar_plugin.bounds.specs import margin_spec
-
-
-def _eps_box(images: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    return (images - eps).clamp(0.0, 1.0), (images + eps).clamp(0.0, 1.0)
 
 
 def verified_by_margins(margin_lower: Tensor) -> Tensor:
@@ -47,7 +44,7 @@ def evaluate_robustness(
     for start in range(0, len(images), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         correct = _clean_correct(model, x, y)
-        lower, upper = _eps_box(x, eps)
+        lower, upper = linf_ball_box(x, eps)
         with torch.enable_grad():
             adversarial = pgd_attack(model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts)
         robust = correct & _clean_correct(model, adversarial, y)
@@ -73,7 +70,7 @@ def _count_crown_verified(
     verified = 0
     for start in range(0, len(images), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
-        lower, upper = _eps_box(x, eps)
+        lower, upper = linf_ball_box(x, eps)
         with torch.no_grad():
             margin_lower, _ = bounder.bounds(lower, upper, margin_spec(y, num_classes), "CROWN")
         verified += int((verified_by_margins(margin_lower) & _clean_correct(model, x, y)).sum())

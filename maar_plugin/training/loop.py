@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from maar_plugin.bounds.box import linf_ball_box
 from maar_plugin.data import dataset_info, load_dataset
 from maar_plugin.errors import MaarError
 from maar_plugin.models import create_model
@@ -163,7 +164,7 @@ def train(
             loss = terms.total
             parts = dict(terms.parts)
             if config.warmup_regularizer > 0 and schedule.in_ramp(step):
-                regularizer = warmup_regularizer(model, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1))
+                regularizer = warmup_regularizer(model, *linf_ball_box(x, eps))
                 loss = loss + config.warmup_regularizer * regularizer
                 parts["warmup_reg"] = regularizer.detach()
             parts["total"] = loss.detach()
