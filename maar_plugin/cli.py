@@ -30,19 +30,30 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False), help="run directory")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of training options")
+@click.option("--recipe", "recipe_name", help="start from a recipe (`maar recipes`) or a recipe .yaml file")
+@click.option("--scale", type=click.Choice(["full", "cpu"]), default="full", show_default=True,
+              help="the recipe's full schedule or its CPU-scale version")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML file of training options (over the recipe, under the flags)")
 @click.option("--resume", is_flag=True, help="continue the interrupted run in --out")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @train_options
-def train(run_dir: str, config_file: str | None, resume: bool, no_progress: bool, **options) -> None:
-    """Train a classifier with a certified-training objective (MAAR, IBP, CROWN-IBP, ...)."""
-    from maar_plugin.training.config import build_config, load_yaml_mapping
-    from maar_plugin.training.loop import train as run_training
+def train(run_dir: str, recipe_name: str | None, scale: str, config_file: str | None, resume: bool,
+          no_progress: bool, **options) -> None:
+    """Train a classifier with a certified-training objective (MAAR, IBP, CROWN-IBP, ...).
 
+    Options are layered: defaults <- --recipe <- --config <- flags."""
+    from maar_plugin.training.config import load_yaml_mapping
+    from maar_plugin.training.loop import train as run_training
+    from maar_plugin.training.recipe import config_from_recipe, load_recipe
+
+    if scale != "full" and not recipe_name:
+        raise MaarError("--scale picks a recipe's scale: give --recipe too")
     config = None
     if not resume:
-        recipe = load_yaml_mapping(config_file) if config_file else None
-        config = build_config(recipe, overrides_from_options(options))
+        recipe = load_recipe(recipe_name, scale).training if recipe_name else {}
+        file_options = load_yaml_mapping(config_file) if config_file else None
+        config = config_from_recipe(recipe, file_options, overrides_from_options(options))
     run_training(config, run_dir, resume=resume, show_progress=not no_progress, log=click.echo)
     click.echo(f"run saved in {run_dir} (metrics.jsonl, metrics.png, checkpoint.pt)")
 
@@ -157,11 +168,26 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
 
 @cli.command()
 @click.argument("results_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--instances", "per_instance", is_flag=True, help="also list every instance")
+@click.option("--instances", "per_instance", is_flag=True, help="also list every instance (`maar verify` folders)")
 def report(results_dir: str, per_instance: bool) -> None:
-    """Summarise a `maar verify` results folder: per stage proved / falsified / open and time per instance."""
+    """Summarise a results folder.
+
+    A `maar reproduce` folder gives the results table (mean ± std over seeds, MAAR minus its base),
+    also written as table.md and table.png in the folder; a `maar verify` folder gives proved /
+    falsified / open per stage and time per instance."""
+    from pathlib import Path
+
+    from maar_plugin.atomic import atomic_write_text
+    from maar_plugin.reproduce import PLAN_NAME, markdown_report, plot_report
     from maar_plugin.verification import instance_table, read_log, stage_table
 
+    if (Path(results_dir) / PLAN_NAME).is_file():
+        markdown = markdown_report(results_dir)
+        atomic_write_text(Path(results_dir) / "table.md", markdown)
+        plot_report(results_dir, Path(results_dir) / "table.png")
+        click.echo(markdown, nl=False)
+        click.echo(f"\nwritten: {Path(results_dir) / 'table.md'} and {Path(results_dir) / 'table.png'}")
+        return
     results = read_log(results_dir)
     if not results:
         raise MaarError(f"{results_dir}: no log.jsonl records (is this a `maar verify --out` folder?)")
@@ -169,6 +195,58 @@ def report(results_dir: str, per_instance: bool) -> None:
         click.echo(instance_table(results))
         click.echo()
     click.echo(stage_table(results))
+
+
+@cli.command("reproduce")
+@click.argument("setting")
+@click.option("--model", default="dm-small", show_default=True, help="model; the recipe is SETTING-MODEL (`maar recipes`)")
+@click.option("--recipe", "recipe_name", help="a recipe name or .yaml file instead of SETTING-MODEL")
+@click.option("--objectives", default="natural,pgd,ibp,crown-ibp,maar-ibp,maar-crown-ibp", show_default=True,
+              help="comma-separated rows, each an objective with optional :KEY=VALUE hyperparameters, "
+                   "e.g. maar-ibp:lam=0,maar-ibp:lam=1:weighting=soft")
+@click.option("--seeds", default="0,1,2", show_default=True, help="comma-separated seeds")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="results folder")
+@click.option("--scale", type=click.Choice(["full", "cpu"]), default="full", show_default=True,
+              help="the recipe's full schedule (a GPU) or its CPU-scale version")
+@click.option("--jobs", type=int, default=1, show_default=True, help="runs side by side (processes)")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="training device")
+@click.option("--no-progress", is_flag=True, help="no progress bars")
+def reproduce_command(setting: str, model: str, recipe_name: str | None, objectives: str, seeds: str, out_dir: str,
+                      scale: str, jobs: int, device: str, no_progress: bool) -> None:
+    """Train every objective × seed of a recipe, evaluate each run, verify it completely; resumable.
+
+    SETTING is e.g. mnist-eps0.3; `maar report OUT` then prints the table."""
+    from maar_plugin.reproduce import markdown_report, parse_rows, parse_seeds, reproduce
+
+    rows = [row.label for row in parse_rows(objectives)]
+    reproduce(recipe_name or f"{setting}-{model}", rows, parse_seeds(seeds), out_dir, scale=scale, jobs=jobs,
+              device=device, progress=not no_progress, log=click.echo)
+    click.echo(markdown_report(out_dir), nl=False)
+
+
+@cli.command("recipes")
+@click.option("--show", "show_name", help="print one recipe's resolved training options and sources")
+@click.option("--scale", type=click.Choice(["full", "cpu"]), default="full", show_default=True)
+def recipes_command(show_name: str | None, scale: str) -> None:
+    """List the shipped recipes (one per dataset, ε and model) or show one."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from maar_plugin.training.recipe import load_recipe, recipe_names
+
+    if show_name:
+        recipe = load_recipe(show_name, scale)
+        click.echo(yaml.safe_dump({"recipe": recipe.name, "scale": recipe.scale, "description": recipe.description,
+                                   "sources": list(recipe.sources), "training": recipe.training,
+                                   "evaluation": asdict(recipe.evaluation)}, sort_keys=False, allow_unicode=True,
+                                  width=110), nl=False)
+        return
+    names = recipe_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        click.echo(f"{name:<{width}}  {load_recipe(name).description}")
 
 
 @cli.command("models")

@@ -9,6 +9,7 @@ from maar_plugin.certify import CertifiedAccuracy, certify
 from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from maar_plugin.training.config import build_config
 from maar_plugin.training.loop import train
+from maar_plugin.training.run_files import training_state
 
 # A short schedule that takes a few minutes on a 2-core CPU (README: "make demo").
 DEMO_TRAINING = {
@@ -16,14 +17,6 @@ DEMO_TRAINING = {
     "eps": 0.1, "epochs": 8, "warmup_epochs": 1, "ramp_epochs": 4, "lr_decay_epochs": [6], "batch_size": 128,
     "lr": 1e-3, "eval_count": 1000, "eval_crown_count": 200, "eval_pgd_steps": 10, "seed": 0, "device": "auto",
 }
-
-
-def _training_state(run_dir: Path, epochs: int) -> str:
-    """'new', 'partial' or 'done'."""
-    checkpoint = run_dir / CHECKPOINT_NAME
-    if not checkpoint.is_file():
-        return "new"
-    return "done" if int(load_checkpoint(checkpoint)["epoch"]) + 1 >= epochs else "partial"
 
 
 def run_demo(
@@ -34,7 +27,7 @@ def run_demo(
     out_dir = Path(out_dir)
     run_dir = out_dir / "run"
     config = build_config(None, DEMO_TRAINING)
-    state = _training_state(run_dir, config.epochs)
+    state = training_state(run_dir, config.epochs)
     if state == "done":
         log(f"training already finished in {run_dir}")
         history = load_checkpoint(run_dir / CHECKPOINT_NAME)["history"]

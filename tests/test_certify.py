@@ -8,10 +8,9 @@ from click.testing import CliRunner
 from maar_plugin.certify import accuracy_table, certify
 from maar_plugin.cli import cli
 from maar_plugin.data import load_dataset
-from maar_plugin.demo import _training_state
 from maar_plugin.errors import MaarError
 from maar_plugin.training.config import build_config
-from maar_plugin.training.run_files import load_trained_model
+from maar_plugin.training.run_files import load_trained_model, training_state
 from maar_plugin.training.loop import train
 
 COUNT = 6
@@ -73,7 +72,7 @@ def test_cli_certify_bad_input_is_one_line(small_run, tmp_path, arguments, messa
     assert message in result.output and "Traceback" not in result.output
 
 
-def test_demo_training_state(small_run, tmp_path):
-    assert _training_state(tmp_path / "nothing", 1) == "new"
-    assert _training_state(small_run, 1) == "done"
-    assert _training_state(small_run, 2) == "partial"
+def test_demotraining_state(small_run, tmp_path):
+    assert training_state(tmp_path / "nothing", 1) == "new"
+    assert training_state(small_run, 1) == "done"
+    assert training_state(small_run, 2) == "partial"

@@ -9,9 +9,10 @@ from maar_plugin.objectives.registry import (
     ENTRY_POINT_GROUP,
     create_objective,
     list_objectives,
+    objective_class,
     objective_hyperparameters,
     register_objective,
 )
 
 __all__ = ["ENTRY_POINT_GROUP", "LossTerms", "Objective", "create_objective", "hyperparameter", "list_objectives",
-           "objective_hyperparameters", "register_objective"]
+           "objective_class", "objective_hyperparameters", "register_objective"]

@@ -36,7 +36,7 @@ def evaluate_run(
         pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, crown_count=crown_count,
     )
     results = {"run": str(run_dir), "objective": config.objective, "model": config.model, "eps": eps,
-               "count": len(images), "crown_count": len(images) if crown_count is None else min(crown_count, len(images)),
+               "count": len(images), "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts, "crown_count": len(images) if crown_count is None else min(crown_count, len(images)),
                **accuracies}
     atomic_write_text(Path(run_dir) / "evaluation.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,19 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MaarError("--device cuda was asked for, but torch sees no CUDA device")
     return torch.device(name)
+
+
+def describe_device(device: torch.device) -> str:
+    """The card or processor a run trains on, for results tables."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU ({line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
@@ -147,6 +161,7 @@ def train(
     else:
         save_config(config, run_dir / "config.json")
 
+    device_name = describe_device(device)
     for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
         model.train()
@@ -199,6 +214,7 @@ def train(
             "eval_count": len(eval_images),
             "eval_crown_count": min(config.eval_crown_count, len(eval_images)),
             "train_seconds": train_seconds,
+            "device_name": device_name,
             "seconds": time.perf_counter() - started,
         }
         history.append(record)

@@ -49,3 +49,11 @@ def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") 
         detail = lines[1].strip() if len(lines) > 1 else lines[0]
         raise MaarError(f"checkpoint does not match model {config.model} ({detail})") from None
     return model.to(device).eval(), config, int(checkpoint.get("epoch", -1))
+
+
+def training_state(run_dir: str | Path, epochs: int) -> str:
+    """'new' (no checkpoint), 'partial' (fewer than ``epochs`` finished) or 'done'."""
+    checkpoint = Path(run_dir) / CHECKPOINT_NAME
+    if not checkpoint.is_file():
+        return "new"
+    return "done" if int(load_checkpoint(checkpoint)["epoch"]) + 1 >= epochs else "partial"

@@ -1,0 +1,195 @@
+"""``maar reproduce``: train every (objective row, seed) of a recipe, evaluate each run, certify it completely.
+
+Layout of the output folder: ``reproduce.json`` (recipe, scale, rows, seeds), ``runs/<row>-s<seed>/``
+(``maar train`` runs, each with ``evaluation.json``) and ``certify/<row>-s<seed>/`` (``maar certify``).
+Every stage is skipped when its result is already there and resumed when it was interrupted, so
+rerunning the same command continues the grid, and adding rows or seeds extends it.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from maar_plugin.atomic import atomic_write_text
+from maar_plugin.certify import CERTIFICATE_NAME, certify
+from maar_plugin.errors import MaarError
+from maar_plugin.objectives import objective_hyperparameters
+from maar_plugin.reproduce.rows import Row, parse_row
+from maar_plugin.training.config import TrainConfig
+from maar_plugin.training.evaluate_run import evaluate_run
+from maar_plugin.training.loop import train
+from maar_plugin.training.recipe import EvaluationSettings, Recipe, config_from_recipe, load_recipe
+from maar_plugin.training.run_files import CONFIG_NAME, training_state
+
+PLAN_NAME = "reproduce.json"
+EVALUATION_NAME = "evaluation.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an output folder holds: one recipe at one scale, rows × seeds."""
+
+    recipe: str
+    scale: str
+    rows: tuple[str, ...]
+    seeds: tuple[int, ...]
+    device: str = "auto"
+
+
+def read_plan(out_dir: str | Path) -> Plan:
+    path = Path(out_dir) / PLAN_NAME
+    try:
+        data = json.loads(path.read_text())
+        return Plan(data["recipe"], data["scale"], tuple(data["rows"]), tuple(data["seeds"]), data.get("device", "auto"))
+    except FileNotFoundError:
+        raise MaarError(f"{out_dir} is not a `maar reproduce` folder (no {PLAN_NAME})") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise MaarError(f"{path}: cannot read ({error})") from None
+
+
+def _extend_plan(out_dir: Path, recipe: Recipe, rows: list[Row], seeds: list[int], device: str) -> Plan:
+    """The folder's plan with these rows and seeds added; a different recipe or scale is refused."""
+    labels, all_seeds = [row.label for row in rows], list(seeds)
+    if (out_dir / PLAN_NAME).exists():
+        earlier = read_plan(out_dir)
+        if (earlier.recipe, earlier.scale) != (recipe.name, recipe.scale):
+            raise MaarError(f"{out_dir} holds recipe {earlier.recipe} at scale {earlier.scale}, not {recipe.name} at "
+                            f"{recipe.scale}: choose another --out")
+        labels = list(dict.fromkeys([*earlier.rows, *labels]))
+        all_seeds = list(dict.fromkeys([*earlier.seeds, *seeds]))
+    plan = Plan(recipe.name, recipe.scale, tuple(labels), tuple(all_seeds), device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {**asdict(plan), "training": recipe.training, "evaluation": asdict(recipe.evaluation)}
+    atomic_write_text(out_dir / PLAN_NAME, json.dumps(payload, indent=2) + "\n")
+    return plan
+
+
+def run_config(recipe: Recipe, row: Row, seed: int, device: str) -> TrainConfig:
+    """The recipe's training configuration for one row and seed."""
+    return config_from_recipe(recipe.training, {"objective": row.objective, "objective_args": row.objective_args,
+                                                "seed": seed, "device": device})
+
+
+def _with_defaults(options: dict) -> dict:
+    """Training options with the objective's hyperparameters completed by their defaults."""
+    defaults = {key: default for key, (default, _) in objective_hyperparameters(options["objective"]).items()}
+    return {**options, "objective_args": {**defaults, **(options.get("objective_args") or {})}}
+
+
+def _same_training(run_dir: Path, config: TrainConfig) -> None:
+    existing = _with_defaults(json.loads((run_dir / CONFIG_NAME).read_text()))
+    wanted = _with_defaults(config.to_dict())
+    differing = sorted(key for key in set(existing) | set(wanted)
+                       if key != "device" and existing.get(key) != wanted.get(key))
+    if differing:
+        raise MaarError(f"{run_dir} was trained with other options ({', '.join(differing)}) than the recipe gives now; "
+                        "move it away or choose another --out")
+
+
+def _evaluation_done(run_dir: Path, eps: float, settings: EvaluationSettings) -> bool:
+    path = run_dir / EVALUATION_NAME
+    if not path.is_file():
+        return False
+    done = json.loads(path.read_text())
+    wanted = {"eps": eps, "count": settings.count, "crown_count": settings.crown_count,
+              "pgd_steps": settings.pgd_steps, "pgd_restarts": settings.pgd_restarts}
+    return all(done.get(key) == value for key, value in wanted.items())
+
+
+def _certificate_done(certify_dir: Path, count: int) -> bool:
+    path = certify_dir / CERTIFICATE_NAME
+    return path.is_file() and json.loads(path.read_text()).get("count") == count
+
+
+@dataclass(frozen=True)
+class _Task:
+    config: TrainConfig
+    evaluation: EvaluationSettings
+    run_dir: Path
+    certify_dir: Path
+    progress: bool
+    threads: int | None
+
+
+def _run_task(task: _Task, log: Callable[[str], None] = print) -> str:
+    """Train, evaluate and certify one run, skipping finished stages; returns a one-line summary."""
+    if task.threads:
+        import torch
+
+        torch.set_num_threads(task.threads)
+    name, config, settings = task.run_dir.name, task.config, task.evaluation
+    state = training_state(task.run_dir, config.epochs)
+    if state != "new":
+        _same_training(task.run_dir, config)
+    if state != "done":
+        log(f"{name}: training {config.objective} {config.objective_args or ''} for {config.epochs} epochs"
+            + (" (resuming)" if state == "partial" else ""))
+        train(None if state == "partial" else config, task.run_dir, resume=state == "partial",
+              show_progress=task.progress, log=lambda line: log(f"{name}: {line}"))
+    if not _evaluation_done(task.run_dir, config.eps, settings):
+        log(f"{name}: evaluating on {settings.count} test images")
+        evaluate_run(task.run_dir, eps=config.eps, count=settings.count, pgd_steps=settings.pgd_steps,
+                     pgd_restarts=settings.pgd_restarts, crown_count=settings.crown_count)
+    if not _certificate_done(task.certify_dir, settings.certify_count):
+        log(f"{name}: complete verification of {settings.certify_count} test images")
+        resume = task.certify_dir.is_dir() and any(task.certify_dir.iterdir())
+        certify(task.run_dir, config.eps, settings.certify_count, task.certify_dir, timeout=settings.certify_timeout,
+                resume=resume, progress=task.progress)
+    evaluation = json.loads((task.run_dir / EVALUATION_NAME).read_text())
+    certificate = json.loads((task.certify_dir / CERTIFICATE_NAME).read_text())
+    return (f"{name}: clean {evaluation['clean']:.2f}%  IBP-verified {evaluation['ibp_verified']:.2f}%  "
+            f"complete-certified {certificate['complete']:.2f}% ({certificate['open']} open)")
+
+
+def reproduce(
+    recipe_name: str,
+    rows: list[str],
+    seeds: list[int],
+    out_dir: str | Path,
+    scale: str = "full",
+    jobs: int = 1,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Plan:
+    """Train, evaluate and certify ``rows`` × ``seeds`` of a recipe into ``out_dir`` (resumable).
+
+    ``jobs`` > 1 runs that many (row, seed) runs side by side in separate processes (on a CPU each gets
+    an equal share of the cores; on a GPU they share the card).
+    """
+    if jobs < 1:
+        raise MaarError(f"--jobs must be at least 1, got {jobs}")
+    out_dir = Path(out_dir)
+    recipe = load_recipe(recipe_name, scale)
+    parsed = [parse_row(row) for row in rows]
+    plan = _extend_plan(out_dir, recipe, parsed, seeds, device)
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+    tasks = [
+        _Task(run_config(recipe, row, seed, device), recipe.evaluation, out_dir / "runs" / row.run_name(seed),
+              out_dir / "certify" / row.run_name(seed), progress and jobs == 1, threads)
+        for row in parsed for seed in seeds
+    ]
+    log(f"{recipe.name} ({recipe.scale} scale): {len(parsed)} row(s) × {len(seeds)} seed(s) = {len(tasks)} runs in "
+        f"{out_dir}" + (f", {jobs} at a time" if jobs > 1 else ""))
+    started = time.perf_counter()
+
+    def report_done(done: int, summary: str) -> None:
+        elapsed = time.perf_counter() - started
+        eta = elapsed / done * (len(tasks) - done)
+        log(f"[{done}/{len(tasks)}] {summary}  (elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)")
+
+    if jobs == 1:
+        for done, task in enumerate(tasks, start=1):
+            report_done(done, _run_task(task, log))
+        return plan
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_run_task, task) for task in tasks]
+        for done, future in enumerate(as_completed(futures), start=1):
+            report_done(done, future.result())
+    return plan

@@ -1,0 +1,211 @@
+"""``maar report`` of a ``maar reproduce`` folder: per row, mean ± sample standard deviation over seeds,
+and MAAR's effect over its base paired by seed; as Markdown and as a PNG chart."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from maar_plugin.certify import CERTIFICATE_NAME
+from maar_plugin.objectives import objective_class
+from maar_plugin.objectives.maar import Maar
+from maar_plugin.reproduce.rows import Row, parse_row
+from maar_plugin.reproduce.run import EVALUATION_NAME, PLAN_NAME, read_plan
+
+# (key, column title); accuracies in percent
+METRICS = (("clean", "clean"), ("pgd", "PGD"), ("ibp_verified", "IBP-verified"),
+           ("crown_verified", "CROWN-verified"), ("complete", "complete-certified"))
+
+
+@dataclass
+class RunResult:
+    """One finished (or partly finished) run: accuracies, open instances, training time, hardware."""
+
+    row: str
+    seed: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    open: int | None = None
+    train_minutes: float | None = None
+    hardware: str | None = None
+
+
+@dataclass(frozen=True)
+class Statistic:
+    mean: float
+    spread: float  # sample standard deviation (0 for one seed)
+    n: int
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.spread:.2f}"
+
+
+def statistic(values: list[float]) -> Statistic | None:
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return Statistic(mean, math.sqrt(variance), len(values))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_run(out_dir: Path, row: Row, seed: int) -> RunResult:
+    name = row.run_name(seed)
+    result = RunResult(row.label, seed)
+    run_dir = out_dir / "runs" / name
+    records = []
+    if (run_dir / "metrics.jsonl").is_file():
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if records:
+        result.train_minutes = sum(record.get("train_seconds", 0.0) for record in records) / 60
+        config = _read_json(run_dir / "config.json") or {}
+        result.hardware = records[-1].get("device_name") or config.get("device")
+    evaluation = _read_json(run_dir / EVALUATION_NAME) or {}
+    for key in ("clean", "pgd", "ibp_verified", "crown_verified"):
+        if key in evaluation:
+            result.metrics[key] = float(evaluation[key])
+    certificate = _read_json(out_dir / "certify" / name / CERTIFICATE_NAME)
+    if certificate:
+        result.metrics["complete"] = float(certificate["complete"])
+        result.open = int(certificate["open"])
+    return result
+
+
+_FAMILIES = ("natural", "pgd", "ibp", "crown-ibp")
+
+
+def table_order(labels: list[str]) -> list[str]:
+    """natural, pgd, then each certified base followed by the MAAR rows over it, then anything else."""
+    def key(label: str) -> tuple[int, int]:
+        family = maar_base(label) or parse_row(label).objective
+        position = _FAMILIES.index(family) if family in _FAMILIES else len(_FAMILIES)
+        return position, int(maar_base(label) is not None)
+
+    return sorted(labels, key=key)  # stable: plan order within a group
+
+
+def collect_results(out_dir: str | Path) -> list[RunResult]:
+    """Every (row, seed) run of the folder's plan, rows in table order."""
+    out_dir = Path(out_dir)
+    plan = read_plan(out_dir)
+    return [_read_run(out_dir, parse_row(label), seed) for label in table_order(list(plan.rows)) for seed in plan.seeds]
+
+
+def maar_base(label: str) -> str | None:
+    """The base objective a MAAR row extends (``ibp`` or ``crown-ibp``); None for other rows."""
+    row = parse_row(label)
+    cls = objective_class(row.objective)
+    if not issubclass(cls, Maar):
+        return None
+    return cls.fixed_base or row.objective_args.get("base") or cls.Hyperparameters().base
+
+
+def _cell(stat: Statistic | None) -> str:
+    return "–" if stat is None else str(stat)
+
+
+def summary_rows(results: list[RunResult]) -> list[dict]:
+    """Per row: seeds, a Statistic per metric, total open instances, mean training minutes, hardware."""
+    rows: dict[str, list[RunResult]] = {}
+    for result in results:
+        rows.setdefault(result.row, []).append(result)
+    summaries = []
+    for label, runs in rows.items():
+        summary = {"row": label, "seeds": [run.seed for run in runs if run.metrics]}
+        for key, _ in METRICS:
+            summary[key] = statistic([run.metrics[key] for run in runs if key in run.metrics])
+        opens = [run.open for run in runs if run.open is not None]
+        summary["open"] = sum(opens) if opens else None
+        summary["train_minutes"] = statistic([run.train_minutes for run in runs if run.train_minutes is not None])
+        summary["hardware"] = ", ".join(sorted({run.hardware for run in runs if run.hardware})) or "–"
+        summaries.append(summary)
+    return summaries
+
+
+def paired_effects(results: list[RunResult]) -> list[dict]:
+    """MAAR row minus its base row, per metric, over the seeds both have (mean ± sample std of the differences)."""
+    by_key = {(result.row, result.seed): result for result in results}
+    labels = list(dict.fromkeys(result.row for result in results))
+    effects = []
+    for label in labels:
+        base = maar_base(label)
+        if base is None or base not in labels:
+            continue
+        effect = {"row": label, "base": base}
+        for key, _ in METRICS:
+            differences = [
+                by_key[(label, seed)].metrics[key] - by_key[(base, seed)].metrics[key]
+                for (row, seed) in by_key if row == label and (base, seed) in by_key
+                and key in by_key[(label, seed)].metrics and key in by_key[(base, seed)].metrics
+            ]
+            effect[key] = statistic(differences)
+        effects.append(effect)
+    return effects
+
+
+def markdown_report(out_dir: str | Path) -> str:
+    """The results table (and MAAR's paired effect) of a ``maar reproduce`` folder as Markdown."""
+    out_dir = Path(out_dir)
+    plan_data = json.loads((out_dir / PLAN_NAME).read_text())
+    evaluation = plan_data["evaluation"]
+    results = collect_results(out_dir)
+    lines = [
+        f"Recipe `{plan_data['recipe']}` at {plan_data['scale']} scale. Clean, PGD ({evaluation['pgd_steps']} steps, "
+        f"{evaluation['pgd_restarts']} restarts) and IBP-verified accuracy on the first {evaluation['count']} test "
+        f"images, CROWN-verified on the first {evaluation['crown_count']}, complete-certified (`maar verify`, "
+        f"{evaluation['certify_timeout']:g} s per instance) on the first {evaluation['certify_count']}; "
+        "mean ± sample standard deviation over seeds, in percent. *open*: instances left undecided (timeouts), "
+        "summed over seeds; complete-certified is exact where it is 0.",
+        "",
+        "| objective | seeds | " + " | ".join(title for _, title in METRICS) + " | open | training min/run | hardware |",
+        "|---" * (len(METRICS) + 5) + "|",
+    ]
+    for summary in summary_rows(results):
+        seeds = ",".join(map(str, summary["seeds"])) or "–"
+        cells = " | ".join(_cell(summary[key]) for key, _ in METRICS)
+        minutes = "–" if summary["train_minutes"] is None else f"{summary['train_minutes'].mean:.1f}"
+        open_count = "–" if summary["open"] is None else str(summary["open"])
+        lines.append(f"| {summary['row']} | {seeds} | {cells} | {open_count} | {minutes} | {summary['hardware']} |")
+    effects = paired_effects(results)
+    if effects:
+        lines += ["", "MAAR minus its base, paired by seed (percentage points, mean ± sample std of the differences):", "",
+                  "| MAAR row | base | " + " | ".join(title for _, title in METRICS) + " |",
+                  "|---" * (len(METRICS) + 2) + "|"]
+        for effect in effects:
+            cells = " | ".join(_cell(effect[key]) for key, _ in METRICS)
+            lines.append(f"| {effect['row']} | {effect['base']} | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_report(out_dir: str | Path, path: str | Path) -> None:
+    """Grouped bars (one group per metric, one bar per row) with the seed spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from maar_plugin.atomic import atomic_write_with
+
+    summaries = summary_rows(collect_results(out_dir))
+    plan = read_plan(out_dir)
+    figure, axes = plt.subplots(figsize=(max(8.0, 1.6 * len(METRICS) * max(1, len(summaries)) / 3), 4.5))
+    width = 0.8 / max(1, len(summaries))
+    for index, summary in enumerate(summaries):
+        positions = [metric + (index - (len(summaries) - 1) / 2) * width for metric in range(len(METRICS))]
+        means = [summary[key].mean if summary[key] else 0.0 for key, _ in METRICS]
+        spreads = [summary[key].spread if summary[key] else 0.0 for key, _ in METRICS]
+        axes.bar(positions, means, width, yerr=spreads, capsize=2, label=summary["row"])
+    axes.set_xticks(range(len(METRICS)), [title for _, title in METRICS])
+    axes.set_ylabel("accuracy (%)")
+    axes.set_title(f"{plan.recipe} ({plan.scale} scale), mean ± std over seeds")
+    axes.legend(fontsize="small", ncols=2)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    atomic_write_with(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
+    plt.close(figure)

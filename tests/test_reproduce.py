@@ -1,0 +1,178 @@
+"""`maar reproduce` + `maar report` on a tiny recipe: layout, resumption, the table's numbers against the
+files they come from, MAAR's paired effect, and one-line errors."""
+import json
+import statistics
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maar_plugin.cli import cli
+from maar_plugin.errors import MaarError
+from maar_plugin.reproduce import (collect_results, markdown_report, paired_effects, parse_row, parse_rows,
+                                   parse_seeds, read_plan, reproduce, summary_rows)
+from maar_plugin.reproduce.table import maar_base, statistic, table_order
+from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from maar_plugin.training.loop import train
+from maar_plugin.training.recipe import load_recipe
+from maar_plugin.reproduce.run import run_config
+
+TINY_RECIPE = """\
+setting: tiny
+description: a recipe small enough for unit tests
+sources: [none]
+training: {dataset: mnist, model: mlp-256x2, eps: 0.02, epochs: 2, warmup_epochs: 0, ramp_epochs: 1,
+           train_count: 256, batch_size: 128, eval_count: 32, eval_crown_count: 0, eval_pgd_steps: 2, lr: 1.0e-3,
+           objective: maar, objective_args: {base: ibp, lam: 0.5}}
+evaluation: {count: 64, crown_count: 8, pgd_steps: 3, pgd_restarts: 1, certify_count: 3, certify_timeout: 5}
+"""
+ROWS = ["ibp", "maar-ibp", "maar-ibp:lam=2:weighting=soft"]
+SEEDS = [0, 1]
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("recipe") / "tiny.yaml"
+    path.write_text(TINY_RECIPE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def grid(recipe_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid") / "out"
+    reproduce(str(recipe_file), ROWS, SEEDS, out, device="cpu", progress=False, log=quiet)
+    return out
+
+
+def test_rows_and_seeds_parse_and_reject_bad_input():
+    row = parse_row("maar-ibp:lam=0.25:weighting=soft")
+    assert row.objective == "maar-ibp" and row.objective_args == {"lam": 0.25, "weighting": "soft"}
+    assert row.run_name(2) == "maar-ibp_lam=0.25_weighting=soft-s2"
+    assert [r.label for r in parse_rows("ibp, maar-ibp:lam=1")] == ["ibp", "maar-ibp:lam=1"]
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    for bad in ("nope", "ibp:lam=1", "maar-ibp:lam", ":lam=1"):
+        with pytest.raises(MaarError):
+            parse_row(bad)
+    for bad in ("ibp,ibp", ""):
+        with pytest.raises(MaarError):
+            parse_rows(bad)
+    for bad in ("0,x", "1,1", ""):
+        with pytest.raises(MaarError):
+            parse_seeds(bad)
+
+
+def test_maar_rows_know_their_base_and_sort_beside_it():
+    assert maar_base("maar-ibp:lam=0") == "ibp" and maar_base("maar-crown-ibp") == "crown-ibp"
+    assert maar_base("maar") == "crown-ibp" and maar_base("maar:base=ibp") == "ibp" and maar_base("ibp") is None
+    labels = ["maar-crown-ibp", "maar-ibp", "crown-ibp", "pgd", "ibp", "natural", "maar-ibp:lam=0"]
+    assert table_order(labels) == ["natural", "pgd", "ibp", "maar-ibp", "maar-ibp:lam=0", "crown-ibp", "maar-crown-ibp"]
+
+
+def test_statistic_is_mean_and_sample_standard_deviation():
+    values = [91.2, 93.5, 92.0]
+    stat = statistic(values)
+    assert stat.mean == pytest.approx(statistics.mean(values)) and stat.spread == pytest.approx(statistics.stdev(values))
+    assert statistic([5.0]).spread == 0 and statistic([]) is None
+
+
+def test_grid_layout_and_configs(grid, recipe_file):
+    plan = read_plan(grid)
+    assert plan.rows == tuple(ROWS) and plan.seeds == tuple(SEEDS)
+    recipe = load_recipe(str(recipe_file))
+    for label in ROWS:
+        for seed in SEEDS:
+            name = parse_row(label).run_name(seed)
+            config = json.loads((grid / "runs" / name / "config.json").read_text())
+            assert config == run_config(recipe, parse_row(label), seed, "cpu").to_dict()
+            assert (grid / "runs" / name / "evaluation.json").is_file()
+            assert (grid / "certify" / name / "certified_accuracy.json").is_file()
+    soft = json.loads((grid / "runs" / "maar-ibp_lam=2_weighting=soft-s1" / "config.json").read_text())
+    assert soft["objective_args"] == {"lam": 2, "weighting": "soft"} and soft["seed"] == 1
+
+
+def test_table_numbers_come_from_the_run_files(grid):
+    results = collect_results(grid)
+    assert len(results) == len(ROWS) * len(SEEDS)
+    for result in results:
+        name = parse_row(result.row).run_name(result.seed)
+        evaluation = json.loads((grid / "runs" / name / "evaluation.json").read_text())
+        log = [json.loads(line) for line in (grid / "certify" / name / "verification" / "log.jsonl").read_text().splitlines()]
+        assert result.metrics["ibp_verified"] == evaluation["ibp_verified"]
+        assert result.metrics["complete"] == pytest.approx(100 * sum(r["verdict"] == "unsat" for r in log) / len(log))
+        assert result.open == sum(r["verdict"] not in ("sat", "unsat") for r in log)
+        assert result.train_minutes > 0 and result.hardware.startswith("CPU")
+    summary = {row["row"]: row for row in summary_rows(results)}
+    ibp_values = [r.metrics["clean"] for r in results if r.row == "ibp"]
+    assert summary["ibp"]["clean"].mean == pytest.approx(statistics.mean(ibp_values))
+    effects = {effect["row"]: effect for effect in paired_effects(results)}
+    assert set(effects) == {"maar-ibp", "maar-ibp:lam=2:weighting=soft"}
+    by_key = {(r.row, r.seed): r for r in results}
+    differences = [by_key[("maar-ibp", s)].metrics["pgd"] - by_key[("ibp", s)].metrics["pgd"] for s in SEEDS]
+    assert effects["maar-ibp"]["pgd"].mean == pytest.approx(statistics.mean(differences))
+    markdown = markdown_report(grid)
+    for label in ROWS:
+        assert f"| {label} | 0,1 |" in markdown
+    assert "MAAR minus its base" in markdown
+
+
+def test_rerun_skips_finished_work_and_extends_the_grid(grid, recipe_file):
+    checkpoint = grid / "runs" / "ibp-s0" / CHECKPOINT_NAME
+    before = checkpoint.stat().st_mtime_ns
+    lines = []
+    reproduce(str(recipe_file), ["ibp"], [0, 2], grid, device="cpu", progress=False, log=lines.append)
+    assert checkpoint.stat().st_mtime_ns == before
+    assert not any(line.startswith("ibp-s0:") for line in lines)  # nothing to do for it
+    assert any(line.startswith("ibp-s2: training") for line in lines)
+    plan = read_plan(grid)
+    assert plan.rows == tuple(ROWS) and plan.seeds == (0, 1, 2)
+
+
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(recipe_file, tmp_path, grid):
+    recipe = load_recipe(str(recipe_file))
+    out = tmp_path / "out"
+    run_dir = out / "runs" / "ibp-s0"
+
+    def stop_after_first_epoch(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config(recipe, parse_row("ibp"), 0, "cpu"), run_dir, show_progress=False, log=stop_after_first_epoch)
+    assert load_checkpoint(run_dir / CHECKPOINT_NAME)["epoch"] == 0
+    reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=quiet)
+    resumed = load_checkpoint(run_dir / CHECKPOINT_NAME)["model"]
+    uninterrupted = load_checkpoint(grid / "runs" / "ibp-s0" / CHECKPOINT_NAME)["model"]
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
+
+
+def test_a_folder_keeps_its_recipe_and_its_trained_options(grid, recipe_file, tmp_path):
+    with pytest.raises(MaarError, match="holds recipe"):
+        reproduce("mnist-eps0.1-dm-small", ["ibp"], [0], grid, scale="cpu", progress=False, log=quiet)
+    changed = tmp_path / "tiny.yaml"  # same recipe name, another learning rate
+    changed.write_text(recipe_file.read_text().replace("lr: 1.0e-3", "lr: 2.0e-3"))
+    with pytest.raises(MaarError, match=r"other options \(lr\)"):
+        reproduce(str(changed), ["ibp"], [0], grid, device="cpu", progress=False, log=quiet)
+
+
+def test_cli_report_writes_markdown_and_png(grid):
+    result = CliRunner().invoke(cli, ["report", str(grid)])
+    assert result.exit_code == 0, result.output
+    assert "| maar-ibp:lam=2:weighting=soft |" in result.output
+    assert (grid / "table.md").read_text() == markdown_report(grid)
+    assert (grid / "table.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_reproduce_bad_input_is_one_line(tmp_path):
+    runner = CliRunner()
+    for arguments, message in (
+        (["mnist-eps0.2", "--scale", "cpu"], "unknown recipe"),
+        (["mnist-eps0.1", "--objectives", "ibp,magic"], "unknown objective"),
+        (["mnist-eps0.1", "--seeds", "a"], "--seeds"),
+        (["mnist-eps0.1", "--jobs", "0"], "--jobs"),
+    ):
+        result = runner.invoke(cli, ["reproduce", *arguments, "--out", str(tmp_path / "o"), "--no-progress"])
+        assert result.exit_code == 1, result.output
+        assert message in result.output and "Traceback" not in result.output
