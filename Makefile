@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench reproduce-cpu clean
 
 install: $(STAMP)
 
@@ -27,6 +27,18 @@ test-slow: install
 
 bench: install
 	$(BIN)/python benchmarks/training_speed.py
+
+# The README's results table at CPU scale: 6 objectives x 3 seeds at MNIST ε=0.1 and ε=0.3, plus the
+# λ / weighting sweep at ε=0.1 (several hours on 2 cores; resumable: rerun to continue).
+CPU_RESULTS ?= results
+REPRODUCE := $(BIN)/maar reproduce --model dm-small --scale cpu --seeds 0,1,2 --no-progress
+reproduce-cpu: install
+	$(REPRODUCE) mnist-eps0.1 --out $(CPU_RESULTS)/mnist-eps0.1-dm-small-cpu
+	$(REPRODUCE) mnist-eps0.1 --out $(CPU_RESULTS)/mnist-eps0.1-dm-small-cpu \
+	  --objectives maar-ibp:lam=0,maar-ibp:lam=1,maar-ibp:lam=2,maar-ibp:weighting=soft
+	$(REPRODUCE) mnist-eps0.3 --out $(CPU_RESULTS)/mnist-eps0.3-dm-small-cpu
+	$(BIN)/maar report $(CPU_RESULTS)/mnist-eps0.1-dm-small-cpu
+	$(BIN)/maar report $(CPU_RESULTS)/mnist-eps0.3-dm-small-cpu
 
 clean:
 	rm -rf $(VENV) demo-out

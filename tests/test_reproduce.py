@@ -176,3 +176,12 @@ def test_cli_reproduce_bad_input_is_one_line(tmp_path):
         result = runner.invoke(cli, ["reproduce", *arguments, "--out", str(tmp_path / "o"), "--no-progress"])
         assert result.exit_code == 1, result.output
         assert message in result.output and "Traceback" not in result.output
+
+
+def test_parallel_jobs_finish_every_run(recipe_file, tmp_path):
+    out = tmp_path / "parallel"
+    lines = []
+    reproduce(str(recipe_file), ["ibp"], [0, 1], out, jobs=2, device="cpu", progress=False, log=lines.append)
+    assert sorted(line.split("] ")[1].split(":")[0] for line in lines if line.startswith("[")) == ["ibp-s0", "ibp-s1"]
+    assert all(result.metrics.keys() == {"clean", "pgd", "ibp_verified", "crown_verified", "complete"}
+               for result in collect_results(out))
