@@ -169,7 +169,8 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
 @cli.command()
 @click.argument("results_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--instances", "per_instance", is_flag=True, help="also list every instance (`maar verify` folders)")
-def report(results_dir: str, per_instance: bool) -> None:
+@click.option("--objectives", "rows", help="only these comma-separated rows of a `maar reproduce` folder (printed, not saved)")
+def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
     """Summarise a results folder.
 
     A `maar reproduce` folder gives the results table (mean ± std over seeds, MAAR minus its base),
@@ -181,6 +182,9 @@ def report(results_dir: str, per_instance: bool) -> None:
     from maar_plugin.reproduce import PLAN_NAME, markdown_report, plot_report
     from maar_plugin.verification import instance_table, read_log, stage_table
 
+    if (Path(results_dir) / PLAN_NAME).is_file() and rows:
+        click.echo(markdown_report(results_dir, rows.split(",")), nl=False)
+        return
     if (Path(results_dir) / PLAN_NAME).is_file():
         markdown = markdown_report(results_dir)
         atomic_write_text(Path(results_dir) / "table.md", markdown)

@@ -185,3 +185,10 @@ def test_parallel_jobs_finish_every_run(recipe_file, tmp_path):
     assert sorted(line.split("] ")[1].split(":")[0] for line in lines if line.startswith("[")) == ["ibp-s0", "ibp-s1"]
     assert all(result.metrics.keys() == {"clean", "pgd", "ibp_verified", "crown_verified", "complete"}
                for result in collect_results(out))
+
+
+def test_report_of_some_rows(grid):
+    markdown = markdown_report(grid, ["maar-ibp", "ibp"])
+    assert "| ibp | 0,1" in markdown and "| maar-ibp | 0,1" in markdown and "weighting=soft" not in markdown
+    result = CliRunner().invoke(cli, ["report", str(grid), "--objectives", "crown-ibp"])
+    assert result.exit_code == 1 and "has no row(s) crown-ibp" in result.output

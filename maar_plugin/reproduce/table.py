@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from maar_plugin.certify import CERTIFICATE_NAME
+from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class
 from maar_plugin.objectives.maar import Maar
 from maar_plugin.reproduce.rows import Row, parse_row
@@ -90,11 +91,18 @@ def table_order(labels: list[str]) -> list[str]:
     return sorted(labels, key=key)  # stable: plan order within a group
 
 
-def collect_results(out_dir: str | Path) -> list[RunResult]:
-    """Every (row, seed) run of the folder's plan, rows in table order."""
+def collect_results(out_dir: str | Path, rows: list[str] | None = None) -> list[RunResult]:
+    """Every (row, seed) run of the folder's plan (or only ``rows`` of it), rows in table order."""
     out_dir = Path(out_dir)
     plan = read_plan(out_dir)
-    return [_read_run(out_dir, parse_row(label), seed) for label in table_order(list(plan.rows)) for seed in plan.seeds]
+    labels = list(plan.rows)
+    if rows is not None:
+        wanted = [parse_row(row).label for row in rows]
+        missing = sorted(set(wanted) - set(labels))
+        if missing:
+            raise MaarError(f"{out_dir} has no row(s) {', '.join(missing)}; it has {', '.join(labels)}")
+        labels = [label for label in labels if label in wanted]
+    return [_read_run(out_dir, parse_row(label), seed) for label in table_order(labels) for seed in plan.seeds]
 
 
 def maar_base(label: str) -> str | None:
@@ -106,8 +114,11 @@ def maar_base(label: str) -> str | None:
     return cls.fixed_base or row.objective_args.get("base") or cls.Hyperparameters().base
 
 
-def _cell(stat: Statistic | None) -> str:
-    return "–" if stat is None else str(stat)
+def _cell(stat: Statistic | None, seeds: int) -> str:
+    """Mean ± std, with the number of seeds where fewer than the row's have this column yet."""
+    if stat is None:
+        return "–"
+    return str(stat) if stat.n >= seeds else f"{stat} (n={stat.n})"
 
 
 def summary_rows(results: list[RunResult]) -> list[dict]:
@@ -149,12 +160,13 @@ def paired_effects(results: list[RunResult]) -> list[dict]:
     return effects
 
 
-def markdown_report(out_dir: str | Path) -> str:
-    """The results table (and MAAR's paired effect) of a ``maar reproduce`` folder as Markdown."""
+def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
+    """The results table (and MAAR's paired effect) of a ``maar reproduce`` folder (or of ``rows`` of it)
+    as Markdown."""
     out_dir = Path(out_dir)
     plan_data = json.loads((out_dir / PLAN_NAME).read_text())
     evaluation = plan_data["evaluation"]
-    results = collect_results(out_dir)
+    results = collect_results(out_dir, rows)
     lines = [
         f"Recipe `{plan_data['recipe']}` at {plan_data['scale']} scale. Clean, PGD ({evaluation['pgd_steps']} steps, "
         f"{evaluation['pgd_restarts']} restarts) and IBP-verified accuracy on the first {evaluation['count']} test "
@@ -168,7 +180,7 @@ def markdown_report(out_dir: str | Path) -> str:
     ]
     for summary in summary_rows(results):
         seeds = ",".join(map(str, summary["seeds"])) or "–"
-        cells = " | ".join(_cell(summary[key]) for key, _ in METRICS)
+        cells = " | ".join(_cell(summary[key], len(summary["seeds"])) for key, _ in METRICS)
         minutes = "–" if summary["train_minutes"] is None else f"{summary['train_minutes'].mean:.1f}"
         open_count = "–" if summary["open"] is None else str(summary["open"])
         lines.append(f"| {summary['row']} | {seeds} | {cells} | {open_count} | {minutes} | {summary['hardware']} |")
@@ -178,7 +190,8 @@ def markdown_report(out_dir: str | Path) -> str:
                   "| MAAR row | base | " + " | ".join(title for _, title in METRICS) + " |",
                   "|---" * (len(METRICS) + 2) + "|"]
         for effect in effects:
-            cells = " | ".join(_cell(effect[key]) for key, _ in METRICS)
+            seeds = max((effect[key].n for key, _ in METRICS if effect[key]), default=0)
+            cells = " | ".join(_cell(effect[key], seeds) for key, _ in METRICS)
             lines.append(f"| {effect['row']} | {effect['base']} | {cells} |")
     return "\n".join(lines) + "\n"
 
