@@ -3,7 +3,8 @@
 Keeps the plan, every run's config, metrics, evaluation and a slim checkpoint (model weights in
 float16, epoch and history only: enough for `maar report`, `maar export` and `maar certify`, and for
 `maar reproduce` to see the run as finished), and every certification's accuracy, log and summary.
-VNN-LIB files and ONNX copies are dropped; `maar certify --resume` would rewrite them.
+VNN-LIB files and ONNX copies are dropped; `maar certify --resume` would rewrite them. ``--light``
+also drops checkpoints and verification logs: what `maar report` reads, small enough to commit.
 
     python benchmarks/pack_reproduce.py results/mnist-eps0.3 $OUT/mnist-eps0.3
 """
@@ -27,7 +28,7 @@ def slim_checkpoint(source: Path, destination: Path) -> None:
     atomic_torch_save(destination, {"model": model, "epoch": state["epoch"], "history": state["history"]})
 
 
-def pack(source: Path, destination: Path) -> int:
+def pack(source: Path, destination: Path, light: bool = False) -> int:
     """Copy the light files of ``source`` into ``destination``; returns the bytes written."""
     destination.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source / "reproduce.json", destination / "reproduce.json")
@@ -37,10 +38,10 @@ def pack(source: Path, destination: Path) -> int:
         for name in RUN_FILES:
             if (run_dir / name).is_file():
                 shutil.copy2(run_dir / name, target / name)
-        if (run_dir / CHECKPOINT_NAME).is_file():
+        if (run_dir / CHECKPOINT_NAME).is_file() and not light:
             slim_checkpoint(run_dir / CHECKPOINT_NAME, target / CHECKPOINT_NAME)
     for certify_dir in sorted((source / "certify").glob("*/")):
-        for name in CERTIFY_FILES:
+        for name in CERTIFY_FILES[:1] if light else CERTIFY_FILES:
             if (certify_dir / name).is_file():
                 target = destination / "certify" / certify_dir.name / name
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -52,10 +53,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a `maar reproduce` folder")
     parser.add_argument("destination", type=Path)
+    parser.add_argument("--light", action="store_true", help="no checkpoints and no verification logs")
     arguments = parser.parse_args()
     if not (arguments.source / "reproduce.json").is_file():
         raise SystemExit(f"error: {arguments.source} is not a `maar reproduce` folder")
-    size = pack(arguments.source, arguments.destination)
+    size = pack(arguments.source, arguments.destination, arguments.light)
     print(f"packed {arguments.source} into {arguments.destination}: {size / 1e6:.1f} MB")
 
 

@@ -14,6 +14,7 @@ from maar_plugin.reproduce import (collect_results, markdown_report, paired_effe
 from maar_plugin.reproduce.table import maar_base, statistic, table_order
 from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from maar_plugin.training.loop import train
+from maar_plugin.data import load_dataset
 from maar_plugin.training.recipe import load_recipe
 from maar_plugin.reproduce.run import run_config
 
@@ -192,3 +193,25 @@ def test_report_of_some_rows(grid):
     assert "| ibp | 0,1" in markdown and "| maar-ibp | 0,1" in markdown and "weighting=soft" not in markdown
     result = CliRunner().invoke(cli, ["report", str(grid), "--objectives", "crown-ibp"])
     assert result.exit_code == 1 and "has no row(s) crown-ibp" in result.output
+
+
+def test_packed_results_report_the_same_table_and_keep_usable_weights(grid, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from maar_plugin.training.run_files import load_trained_model
+
+    script = Path(__file__).parent.parent / "benchmarks" / "pack_reproduce.py"
+    spec = importlib.util.spec_from_file_location("pack_reproduce", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    packed, light = tmp_path / "packed", tmp_path / "light"
+    module.pack(grid, packed)
+    module.pack(grid, light, light=True)
+    assert markdown_report(packed) == markdown_report(grid) == markdown_report(light)
+    assert not list(light.rglob("checkpoint.pt"))
+    original, _, _ = load_trained_model(grid / "runs" / "ibp-s0")
+    slim, _, epoch = load_trained_model(packed / "runs" / "ibp-s0")
+    assert epoch == 1
+    x = load_dataset("mnist", "test")[0][:16]
+    assert torch.allclose(original(x), slim(x), atol=1e-2)  # float16 weights
