@@ -197,7 +197,8 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
 
 
 def plot_report(out_dir: str | Path, path: str | Path) -> None:
-    """Grouped bars (one group per metric, one bar per row) with the seed spread as error bars."""
+    """Grouped bars (one group per metric, one bar per row) with the seed spread as error bars, and a
+    second panel with MAAR minus its base (paired by seed) where the folder has both."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,20 +206,28 @@ def plot_report(out_dir: str | Path, path: str | Path) -> None:
 
     from maar_plugin.atomic import atomic_write_with
 
-    summaries = summary_rows(collect_results(out_dir))
+    results = collect_results(out_dir)
+    summaries, effects = summary_rows(results), paired_effects(results)
     plan = read_plan(out_dir)
-    figure, axes = plt.subplots(figsize=(max(8.0, 1.6 * len(METRICS) * max(1, len(summaries)) / 3), 4.5))
-    width = 0.8 / max(1, len(summaries))
-    for index, summary in enumerate(summaries):
-        positions = [metric + (index - (len(summaries) - 1) / 2) * width for metric in range(len(METRICS))]
-        means = [summary[key].mean if summary[key] else 0.0 for key, _ in METRICS]
-        spreads = [summary[key].spread if summary[key] else 0.0 for key, _ in METRICS]
-        axes.bar(positions, means, width, yerr=spreads, capsize=2, label=summary["row"])
-    axes.set_xticks(range(len(METRICS)), [title for _, title in METRICS])
-    axes.set_ylabel("accuracy (%)")
-    axes.set_title(f"{plan.recipe} ({plan.scale} scale), mean ± std over seeds")
-    axes.legend(fontsize="small", ncols=2)
-    axes.grid(axis="y", alpha=0.3)
+    panels = [("accuracy (%)", summaries, f"{plan.recipe} ({plan.scale} scale), mean ± std over seeds")]
+    if effects:
+        panels.append(("MAAR − base (points)", effects, "MAAR minus its base, paired by seed"))
+    width_inches = max(8.0, 1.6 * len(METRICS) * max(1, len(summaries)) / 3)
+    figure, axes_list = plt.subplots(len(panels), 1, figsize=(width_inches, 4.5 * len(panels)), squeeze=False)
+    for axes, (label, groups, title) in zip(axes_list[:, 0], panels):
+        width = 0.8 / max(1, len(groups))
+        for index, group in enumerate(groups):
+            positions = [metric + (index - (len(groups) - 1) / 2) * width for metric in range(len(METRICS))]
+            means = [group[key].mean if group[key] else 0.0 for key, _ in METRICS]
+            spreads = [group[key].spread if group[key] else 0.0 for key, _ in METRICS]
+            name = group["row"] if "base" not in group else f"{group['row']} − {group['base']}"
+            axes.bar(positions, means, width, yerr=spreads, capsize=2, label=name)
+        axes.set_xticks(range(len(METRICS)), [title for _, title in METRICS])
+        axes.set_ylabel(label)
+        axes.set_title(title)
+        axes.axhline(0, color="black", linewidth=0.6)
+        axes.legend(fontsize="small", ncols=2)
+        axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     atomic_write_with(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
     plt.close(figure)
