@@ -182,10 +182,10 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
     from maar_plugin.reproduce import PLAN_NAME, markdown_report, plot_report
     from maar_plugin.verification import instance_table, read_log, stage_table
 
-    if (Path(results_dir) / PLAN_NAME).is_file() and rows:
-        click.echo(markdown_report(results_dir, rows.split(",")), nl=False)
-        return
     if (Path(results_dir) / PLAN_NAME).is_file():
+        if rows:
+            click.echo(markdown_report(results_dir, rows.split(",")), nl=False)
+            return
         markdown = markdown_report(results_dir)
         atomic_write_text(Path(results_dir) / "table.md", markdown)
         plot_report(results_dir, Path(results_dir) / "table.png")

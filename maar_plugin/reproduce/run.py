@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,13 +40,15 @@ class Plan:
     rows: tuple[str, ...]
     seeds: tuple[int, ...]
     device: str = "auto"
+    evaluation: dict = field(default_factory=dict, compare=False)  # the recipe's EvaluationSettings
 
 
 def read_plan(out_dir: str | Path) -> Plan:
     path = Path(out_dir) / PLAN_NAME
     try:
         data = json.loads(path.read_text())
-        return Plan(data["recipe"], data["scale"], tuple(data["rows"]), tuple(data["seeds"]), data.get("device", "auto"))
+        return Plan(data["recipe"], data["scale"], tuple(data["rows"]), tuple(data["seeds"]), data.get("device", "auto"),
+                    dict(data["evaluation"]))
     except FileNotFoundError:
         raise MaarError(f"{out_dir} is not a `maar reproduce` folder (no {PLAN_NAME})") from None
     except (ValueError, KeyError, TypeError) as error:
@@ -63,9 +65,9 @@ def _extend_plan(out_dir: Path, recipe: Recipe, rows: list[Row], seeds: list[int
                             f"{recipe.scale}: choose another --out")
         labels = list(dict.fromkeys([*earlier.rows, *labels]))
         all_seeds = list(dict.fromkeys([*earlier.seeds, *seeds]))
-    plan = Plan(recipe.name, recipe.scale, tuple(labels), tuple(all_seeds), device)
+    plan = Plan(recipe.name, recipe.scale, tuple(labels), tuple(all_seeds), device, asdict(recipe.evaluation))
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {**asdict(plan), "training": recipe.training, "evaluation": asdict(recipe.evaluation)}
+    payload = {**asdict(plan), "training": recipe.training}
     atomic_write_text(out_dir / PLAN_NAME, json.dumps(payload, indent=2) + "\n")
     return plan
 

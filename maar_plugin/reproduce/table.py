@@ -12,7 +12,7 @@ from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class
 from maar_plugin.objectives.maar import Maar
 from maar_plugin.reproduce.rows import Row, parse_row
-from maar_plugin.reproduce.run import EVALUATION_NAME, PLAN_NAME, read_plan
+from maar_plugin.reproduce.run import EVALUATION_NAME, read_plan
 
 # (key, column title); accuracies in percent
 METRICS = (("clean", "clean"), ("pgd", "PGD"), ("ibp_verified", "IBP-verified"),
@@ -164,11 +164,11 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
     """The results table (and MAAR's paired effect) of a ``maar reproduce`` folder (or of ``rows`` of it)
     as Markdown."""
     out_dir = Path(out_dir)
-    plan_data = json.loads((out_dir / PLAN_NAME).read_text())
-    evaluation = plan_data["evaluation"]
+    plan = read_plan(out_dir)
+    evaluation = plan.evaluation
     results = collect_results(out_dir, rows)
     lines = [
-        f"Recipe `{plan_data['recipe']}` at {plan_data['scale']} scale. Clean, PGD ({evaluation['pgd_steps']} steps, "
+        f"Recipe `{plan.recipe}` at {plan.scale} scale. Clean, PGD ({evaluation['pgd_steps']} steps, "
         f"{evaluation['pgd_restarts']} restarts) and IBP-verified accuracy on the first {evaluation['count']} test "
         f"images, CROWN-verified on the first {evaluation['crown_count']}, complete-certified (`maar verify`, "
         f"{evaluation['certify_timeout']:g} s per instance) on the first {evaluation['certify_count']}; "

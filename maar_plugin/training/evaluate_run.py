@@ -35,9 +35,10 @@ def evaluate_run(
         model, images, labels, eps, dataset_info(config.dataset).num_classes,
         pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, crown_count=crown_count,
     )
+    crown_count = len(images) if crown_count is None else min(crown_count, len(images))
     results = {"run": str(run_dir), "objective": config.objective, "model": config.model, "eps": eps,
-               "count": len(images), "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts, "crown_count": len(images) if crown_count is None else min(crown_count, len(images)),
-               **accuracies}
+               "count": len(images), "pgd_steps": pgd_steps, "pgd_restarts": pgd_restarts,
+               "crown_count": crown_count, **accuracies}
     atomic_write_text(Path(run_dir) / "evaluation.json", json.dumps(results, indent=2) + "\n")
     return results
 
