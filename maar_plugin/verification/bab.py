@@ -1,0 +1,291 @@
+"""Batched branch and bound on ReLU splits: the complete stage for networks too large for the MILP.
+
+The open disjuncts of a property (each ``C y <= d``: refuted when some row's lower bound of
+``C_r y − d_r`` clears the tolerance) start as one root domain each. Every iteration takes the
+``batch_size`` domains with the lowest bound (any disjunct), splits each on the ReLU its branching
+score picks (``branching``), and bounds the 2·batch children in one pass of
+:class:`~maar_plugin.verification.split_bounds.SplitBoundEngine`, optimising their α and β (inherited
+from the parent) by projected Adam for ``iterations`` steps. A child whose bound clears the tolerance
+is dropped; every other child's bound-minimising input is run through the network, and points that
+violate their disjunct go to ``search`` (the caller confirms them on the original ONNX model, and may
+attack from them). The property holds when no domain is left; a confirmed point ends the search.
+
+Domains are tensors, not objects: per domain its disjunct, its split signs, α and β on the root's
+unstable ReLUs only (a stable ReLU has no slope to choose and is never split), its bound and its next
+branching choice. Memory per domain is ``U·(1 + 8R)`` bytes for U root-unstable ReLUs and R rows.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from maar_plugin.verification.split_bounds import SplitBoundEngine, crown_slopes
+
+FLOAT32_ALLOWANCE = 1e-6  # times the bound's term magnitude: rounding of a float32 bound pass
+
+
+@dataclass(frozen=True)
+class BabOptions:
+    """``batch_size`` domains are split per iteration (2·batch_size children bounded at once)."""
+
+    batch_size: int = 64
+    iterations: int = 8
+    root_iterations: int = 30
+    lr_alpha: float = 0.1
+    lr_beta: float = 0.05
+    memory_limit: float = 2.0e9
+    attack_every: int = 10
+
+
+@dataclass(frozen=True)
+class BabProblem:
+    """The open disjuncts of one input box.
+
+    ``C`` [D, R, K] rows per disjunct (padded by repeating a row), ``offsets`` [D, R] (``d``),
+    ``thresholds`` [D, R] (the margin a row's bound must clear), ``lower``/``upper`` [n] the box,
+    ``relu_bounds`` per ReLU node (l, u) of its input [*shape] over the box (sound, e.g. auto_LiRPA's).
+    """
+
+    C: Tensor
+    offsets: Tensor
+    thresholds: Tensor
+    lower: Tensor
+    upper: Tensor
+    relu_bounds: dict[int, tuple[Tensor, Tensor]]
+
+
+@dataclass
+class BabOutcome:
+    """``proved``, ``counterexample`` (``point`` is set), ``timeout`` or ``unknown`` (``message`` says why)."""
+
+    status: str
+    point: Tensor | None = None
+    domains: int = 0
+    iterations: int = 0
+    message: str = ""
+
+
+class _Domains:
+    """The unproved domains as stacked tensors."""
+
+    def __init__(self, disjunct: Tensor, signs: Tensor, alpha: Tensor, beta: Tensor, margin: Tensor, choice: Tensor):
+        self.disjunct, self.signs, self.alpha, self.beta = disjunct, signs, alpha, beta
+        self.margin, self.choice = margin, choice
+
+    def __len__(self) -> int:
+        return int(self.disjunct.shape[0])
+
+    def append(self, other: "_Domains") -> None:
+        for name in ("disjunct", "signs", "alpha", "beta", "margin", "choice"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+
+    def pop_worst(self, count: int) -> "_Domains":
+        """Remove and return the ``count`` domains with the lowest margin."""
+        order = torch.argsort(self.margin)
+        taken, kept = order[:count], order[count:]
+        picked = _Domains(*(getattr(self, name)[taken] for name in ("disjunct", "signs", "alpha", "beta", "margin",
+                                                                      "choice")))
+        for name in ("disjunct", "signs", "alpha", "beta", "margin", "choice"):
+            setattr(self, name, getattr(self, name)[kept])
+        return picked
+
+
+class BranchAndBound:
+    """One search over one problem (see the module docstring)."""
+
+    def __init__(self, engine: SplitBoundEngine, problem: BabProblem, options: BabOptions,
+                 confirm: Callable[[Tensor], Tensor | None], attack: Callable[[Tensor], Tensor | None] | None = None):
+        self.engine, self.problem, self.options = engine, problem, options
+        self.confirm, self.attack = confirm, attack
+        dtype, device = engine.dtype, engine.device
+        self.C = problem.C.to(dtype=dtype, device=device)
+        self.offsets = problem.offsets.to(dtype=dtype, device=device)
+        self.thresholds = problem.thresholds.to(dtype=dtype, device=device)
+        self.lower = problem.lower.to(dtype=dtype, device=device).reshape(1, -1)
+        self.upper = problem.upper.to(dtype=dtype, device=device).reshape(1, -1)
+        self.rows = self.C.shape[1]
+        # Root-unstable neurons of every ReLU, as flat indices, and their place in the compressed layout.
+        self.root: dict[int, tuple[Tensor, Tensor]] = {}
+        self.unstable: dict[int, Tensor] = {}
+        self.slices: dict[int, slice] = {}
+        start = 0
+        for relu in engine.relus:
+            l, u = (t.to(dtype=dtype, device=device) for t in problem.relu_bounds[relu])
+            self.root[relu] = (l, u)
+            index = torch.nonzero(((l < 0) & (u > 0)).reshape(-1)).reshape(-1)
+            self.unstable[relu] = index
+            self.slices[relu] = slice(start, start + index.numel())
+            start += index.numel()
+        self.num_unstable = start
+        flat_l = torch.cat([self.root[r][0].reshape(-1)[self.unstable[r]] for r in engine.relus]) if start else None
+        flat_u = torch.cat([self.root[r][1].reshape(-1)[self.unstable[r]] for r in engine.relus]) if start else None
+        self.unstable_lower, self.unstable_upper = flat_l, flat_u
+        per_domain = sum(int(l.numel()) for l, _ in self.root.values()) * self.rows * 4 * 24
+        self.batch_size = max(1, min(options.batch_size, int(options.memory_limit // max(per_domain, 1)) // 2))
+        self.max_domains = max(1000, int(options.memory_limit // 4 // max(1, self.num_unstable * (1 + 8 * self.rows))))
+
+    def run(self, deadline: float) -> BabOutcome:
+        disjuncts = torch.arange(self.C.shape[0], device=self.engine.device)
+        count = len(disjuncts)
+        signs = torch.zeros(count, self.num_unstable, dtype=torch.int8, device=self.engine.device)
+        alpha = self._default_alpha(count)
+        beta = torch.zeros_like(alpha)
+        domains, found = self._bound(_Domains(disjuncts, signs, alpha, beta, None, None), self.options.root_iterations)
+        visited, iterations = count, 0
+        while found is None and len(domains):
+            if time.monotonic() > deadline:
+                return BabOutcome("timeout", domains=visited, iterations=iterations,
+                                  message=f"{len(domains)} domains open at the deadline")
+            if len(domains) > self.max_domains:
+                return BabOutcome("unknown", domains=visited, iterations=iterations,
+                                  message=f"more than {self.max_domains} open domains (memory limit)")
+            if bool((domains.choice < 0).any()):
+                return BabOutcome("unknown", domains=visited, iterations=iterations,
+                                  message="a domain with every unstable ReLU split is still unproved")
+            parents = domains.pop_worst(self.batch_size)
+            children = self._split(parents)
+            visited += len(children)
+            iterations += 1
+            bounded, found = self._bound(children, self.options.iterations)
+            domains.append(bounded)
+            if found is None and self.attack is not None and iterations % self.options.attack_every == 0:
+                found = self.attack(self._last_points)
+        if found is not None:
+            return BabOutcome("counterexample", found, domains=visited, iterations=iterations)
+        return BabOutcome("proved", domains=visited, iterations=iterations)
+
+    def _default_alpha(self, count: int) -> Tensor:
+        if not self.num_unstable:
+            return torch.zeros(count, self.rows, 0, dtype=self.engine.dtype, device=self.engine.device)
+        slopes = crown_slopes(self.unstable_lower, self.unstable_upper)
+        return slopes.expand(count, self.rows, -1).clone()
+
+    def _split(self, parents: _Domains) -> _Domains:
+        """Two children per parent, on its chosen neuron: active (+1) and inactive (−1)."""
+        count = len(parents)
+        rows = torch.arange(count, device=parents.signs.device)
+        signs = parents.signs.repeat(2, 1)
+        signs[rows, parents.choice] = 1
+        signs[rows + count, parents.choice] = -1
+        beta = parents.beta.repeat(2, 1, 1)
+        beta[torch.cat([rows, rows + count]), :, parents.choice.repeat(2)] = 0.0
+        return _Domains(parents.disjunct.repeat(2), signs, parents.alpha.repeat(2, 1, 1), beta,
+                        parents.margin.repeat(2), parents.choice.repeat(2))
+
+    def _expand(self, signs: Tensor, compressed: Tensor | None, base: Tensor | None = None) -> dict[int, Tensor]:
+        """Per ReLU, a dense [R, B, *shape] tensor: ``base`` (or 0) with the compressed values at the unstable neurons."""
+        result = {}
+        batch = signs.shape[0]
+        for relu in self.engine.relus:
+            l, _ = self.root[relu]
+            index = self.unstable[relu]
+            dense = (torch.zeros(self.rows, batch, l.numel(), dtype=self.engine.dtype, device=self.engine.device)
+                     if base is None else base[relu].reshape(1, 1, -1).expand(self.rows, batch, -1).clone())
+            if compressed is not None and index.numel():
+                dense = dense.index_copy(2, index, compressed[:, :, self.slices[relu]])
+            result[relu] = dense.reshape(self.rows, batch, *l.shape)
+        return result
+
+    def _relu_bounds(self, signs: Tensor) -> tuple[dict[int, tuple[Tensor, Tensor]], dict[int, Tensor]]:
+        bounds, dense_signs = {}, {}
+        batch = signs.shape[0]
+        for relu in self.engine.relus:
+            l, u = self.root[relu]
+            index = self.unstable[relu]
+            low = l.reshape(1, -1).expand(batch, -1).clone()
+            up = u.reshape(1, -1).expand(batch, -1).clone()
+            sign = torch.zeros(batch, l.numel(), dtype=torch.int8, device=signs.device)
+            if index.numel():
+                local = signs[:, self.slices[relu]]
+                sign[:, index] = local
+                low[:, index] = torch.where(local > 0, torch.zeros_like(low[:, index]), low[:, index])
+                up[:, index] = torch.where(local < 0, torch.zeros_like(up[:, index]), up[:, index])
+            bounds[relu] = (low.reshape(batch, *l.shape), up.reshape(batch, *l.shape))
+            dense_signs[relu] = sign.reshape(batch, *l.shape)
+        return bounds, dense_signs
+
+    def _bound(self, domains: _Domains, iterations: int) -> tuple[_Domains, Tensor | None]:
+        """Optimise and bound the domains; return the unproved ones (with their branching choice) and a
+        confirmed counterexample, if one turned up."""
+        batch = len(domains)
+        C = self.C[domains.disjunct].transpose(0, 1)              # [R, B, K]
+        offsets = self.offsets[domains.disjunct].T                # [R, B]
+        thresholds = self.thresholds[domains.disjunct].T
+        relu_bounds, split_signs = self._relu_bounds(domains.signs)
+        lower, upper = self.lower.expand(batch, -1), self.upper.expand(batch, -1)
+        slopes = {relu: crown_slopes(*self.root[relu]) for relu in self.engine.relus}
+        alpha = domains.alpha.permute(1, 0, 2).clone().requires_grad_(True)   # [R, B, U]
+        beta = domains.beta.permute(1, 0, 2).clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([{"params": [alpha], "lr": self.options.lr_alpha},
+                                      {"params": [beta], "lr": self.options.lr_beta}])
+        best = torch.full((self.rows, batch), -torch.inf, dtype=self.engine.dtype, device=self.engine.device)
+        best_alpha, best_beta = alpha.detach().clone(), beta.detach().clone()
+        result = None
+        for step in range(max(iterations, 1)):
+            result = self.engine.bound(C, lower, upper, relu_bounds, alphas=self._expand(domains.signs, alpha, slopes),
+                                       betas=self._expand(domains.signs, beta), split_signs=split_signs)
+            margin = result.lower - offsets - thresholds - FLOAT32_ALLOWANCE * result.magnitude
+            with torch.no_grad():
+                improved = margin.detach() > best
+                best = torch.where(improved, margin.detach(), best)
+                best_alpha = torch.where(improved[..., None], alpha.detach(), best_alpha)
+                best_beta = torch.where(improved[..., None], beta.detach(), best_beta)
+                if bool((best.max(dim=0).values > 0).all()) or step == iterations - 1:
+                    break
+            optimizer.zero_grad(set_to_none=True)
+            (-margin.clamp(max=0).sum()).backward()
+            optimizer.step()
+            with torch.no_grad():
+                alpha.clamp_(0.0, 1.0)
+                beta.clamp_(min=0.0)
+        domain_margin = best.max(dim=0).values
+        open_domains = domain_margin <= 0
+        found = self._check_primal(result, C, offsets, open_domains)
+        keep = torch.nonzero(open_domains).reshape(-1)
+        choice = self._branching_choice(result, best.argmax(dim=0), domains.signs)[keep]
+        kept = _Domains(domains.disjunct[keep], domains.signs[keep], best_alpha.permute(1, 0, 2)[keep],
+                        best_beta.permute(1, 0, 2)[keep], domain_margin[keep], choice)
+        return kept, found
+
+    def _check_primal(self, result, C: Tensor, offsets: Tensor, open_domains: Tensor) -> Tensor | None:
+        """Run the bound-minimising inputs of the open domains through the network; ``confirm`` those that
+        violate their disjunct. The least-slack points are kept for ``attack``."""
+        if not bool(open_domains.any()):
+            return None
+        with torch.no_grad():
+            points = result.primal[:, open_domains]                                  # [R, b, n]
+            outputs = self.engine.forward(points.reshape(-1, points.shape[-1])).reshape(*points.shape[:2], -1)
+            C_open = C[:, open_domains]                                              # [R, b, K]
+            values = torch.einsum("rbk,sbk->srb", C_open, outputs) - offsets[:, open_domains][None]
+            slack = values.max(dim=1).values.reshape(-1)                             # [s·b]: ≤ 0 violates
+            points = points.reshape(-1, points.shape[-1])
+        order = torch.argsort(slack)
+        self._last_points = points[order[:8]]
+        violating = order[slack[order] <= 0][:8]
+        return self.confirm(points[violating]) if violating.numel() else None
+
+    def _branching_choice(self, result, best_row: Tensor, signs: Tensor) -> Tensor:
+        """BaBSR's intercept score (Bunel et al. 2020): per domain the unsplit unstable ReLU whose
+        upper-relaxation intercept costs the best row's bound most; −1 where none is left."""
+        batch = signs.shape[0]
+        if not self.num_unstable:
+            return torch.full((batch,), -1, dtype=torch.long, device=signs.device)
+        columns = torch.arange(batch, device=signs.device)
+        pieces = []
+        with torch.no_grad():
+            for relu in self.engine.relus:
+                index = self.unstable[relu]
+                A = result.relu_coefficients[relu].reshape(self.rows, batch, -1)[best_row, columns][:, index]
+                pieces.append(A)
+            A = torch.cat(pieces, dim=1)                                      # [B, U]
+            l, u = self.unstable_lower, self.unstable_upper
+            intercept = u * (-l) / (u - l)
+            score = (-A).clamp(min=0) * intercept + 1e-6 * A.abs() * torch.minimum(u, -l)
+            score = torch.where(signs == 0, score, torch.full_like(score, -torch.inf))
+            choice = score.argmax(dim=1)
+            exhausted = torch.isinf(score.max(dim=1).values)
+        return torch.where(exhausted, torch.full_like(choice, -1), choice)

@@ -1,0 +1,204 @@
+"""Batched α,β-CROWN lower bounds of specification rows over branch-and-bound domains of a LayerGraph.
+
+A domain is the input box with some ReLUs fixed active (z ≥ 0) or inactive (z ≤ 0). Its bound is one
+backward pass of linear relaxations (CROWN; Zhang et al. 2018) from the rows ``C`` to the input,
+with every ReLU's input bounds fixed (those of the root, with each split neuron's bound moved to 0):
+an unstable ReLU is relaxed from below by ``a ≥ α z`` (α ∈ [0, 1], optimised: α-CROWN, Xu et al.
+2021) and from above by the chord ``a ≤ u (z − l) / (u − l)``. A split enters the bound as a
+Lagrangian term (β-CROWN, Wang et al. 2021): for ``s z ≥ 0`` (s = ±1) and any β ≥ 0,
+``min_D c·f ≥ min_box (c·f − β s z)``, so the backward pass subtracts ``β s`` from the coefficient of
+that z, and β is optimised with α by projected gradient ascent on the bound. Every ``(row, domain)``
+pair is bounded independently, all in one batched pass; the pass also gives the input point that
+minimises the final linear bound (a counterexample candidate) and, per ReLU, the coefficients the
+branching heuristic scores.
+
+Why our own pass instead of auto_LiRPA's β-CROWN: auto_LiRPA's split constraints are private state
+(``sparse_beta``/``sparse_beta_loc`` in 0.3, ``SparseBeta`` objects in 0.7) with no API common to both
+versions; this pass needs only the layer graph. The bound stages before branch and bound (IBP,
+CROWN, α-CROWN with intermediate bounds in patches mode) stay auto_LiRPA's, and give the root bounds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from maar_plugin.errors import MaarError
+from maar_plugin.verification.graph import AFFINE_MODULES, Add, LayerGraph, Sub
+
+
+@dataclass
+class SplitBound:
+    """Result of one pass for R rows × B domains.
+
+    ``lower`` [R, B]: lower bounds of the rows; ``primal`` [R, B, n]: the input minimising each row's
+    final linear bound; ``relu_coefficients``: per ReLU node, the coefficients [R, B, *shape] of its
+    output in the bound (for branching); ``magnitude`` [R, B]: the sum of absolute values of the
+    terms added up into ``lower`` (scales the float32 rounding allowance).
+    """
+
+    lower: Tensor
+    primal: Tensor
+    relu_coefficients: dict[int, Tensor]
+    magnitude: Tensor
+
+
+class SplitBoundEngine:
+    """Bounds of rows of a LayerGraph's output over batches of domains; see the module docstring."""
+
+    def __init__(self, graph: LayerGraph, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        for index in range(1, len(graph.nodes)):
+            module = graph.module_of(index)
+            if not isinstance(module, AFFINE_MODULES + (nn.ReLU,)):
+                raise MaarError(f"branch and bound does not support {type(module).__name__} (node "
+                                f"{graph.nodes[index].name})")
+        self.graph = _copy_to(graph, dtype, device)
+        self.dtype, self.device = dtype, torch.device(device)
+        self.relus = self.graph.relu_indices()
+        self.relu_inputs = {index: self.graph.nodes[index].inputs[0] for index in self.relus}
+        with torch.no_grad():
+            self.constants = {index: self._constant_part(index) for index in range(1, len(self.graph.nodes))
+                              if index not in self.relus and len(self.graph.nodes[index].inputs) == 1}
+
+    def _constant_part(self, index: int) -> Tensor:
+        """The node's output for a zero input: its affine map's constant, [1, *shape]."""
+        node = self.graph.nodes[index]
+        source = self.graph.nodes[node.inputs[0]]
+        zeros = torch.zeros(1, *source.shape, dtype=self.dtype, device=self.device)
+        return self.graph.module_of(index)(zeros)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Outputs [batch, num_outputs] of flat inputs, in the engine's dtype."""
+        return self.graph(x.to(self.dtype))
+
+    def bound(self, C: Tensor, lower: Tensor, upper: Tensor, relu_bounds: dict[int, tuple[Tensor, Tensor]],
+              alphas: dict[int, Tensor] | None = None, betas: dict[int, Tensor] | None = None,
+              split_signs: dict[int, Tensor] | None = None, start: int | None = None) -> SplitBound:
+        """Lower bounds of ``C @ node(start)`` (default: the output) for every row and domain.
+
+        ``C`` [R, B, *start_shape]; ``lower``/``upper`` [B, n] input boxes; ``relu_bounds`` maps each
+        ReLU node to (l, u) [B, *shape] of its input, split neurons already clamped at 0. ``alphas``
+        (lower-relaxation slopes) and ``betas`` (≥ 0) are [R, B, *shape] per ReLU; ``split_signs``
+        [B, *shape] per ReLU: +1 active split, −1 inactive split, 0 none. Without ``alphas`` the slope
+        is CROWN's (1 where u ≥ −l, else 0). Nodes after ``start`` are ignored.
+        """
+        nodes = self.graph.nodes
+        start = len(nodes) - 1 if start is None else start
+        rows, batch = C.shape[0], C.shape[1]
+        coefficients: dict[int, Tensor] = {start: C.to(self.dtype)}
+        constant = torch.zeros(rows, batch, dtype=self.dtype, device=self.device)
+        magnitude = torch.zeros_like(constant)
+        relu_coefficients: dict[int, Tensor] = {}
+        for index in range(start, 0, -1):
+            A = coefficients.pop(index, None)
+            if A is None:
+                continue
+            node = nodes[index]
+            if index in self.relu_inputs:
+                relu_coefficients[index] = A
+                l, u = relu_bounds[index]
+                alpha = None if alphas is None else alphas.get(index)
+                A_in, bias = _relu_backward(A, l, u, alpha)
+                if betas is not None and index in betas:
+                    A_in = A_in - betas[index] * split_signs[index].to(self.dtype)
+                constant = constant + bias
+                magnitude = magnitude + bias.abs()
+                _accumulate(coefficients, node.inputs[0], A_in)
+                continue
+            module = self.graph.module_of(index)
+            if isinstance(module, (Add, Sub)):
+                _accumulate(coefficients, node.inputs[0], A)
+                _accumulate(coefficients, node.inputs[1], A if isinstance(module, Add) else -A)
+                continue
+            term = (A * self.constants[index]).flatten(2).sum(-1)
+            constant = constant + term
+            magnitude = magnitude + (A * self.constants[index]).abs().flatten(2).sum(-1)
+            source_shape = nodes[node.inputs[0]].shape
+            _accumulate(coefficients, node.inputs[0], _transpose(module, A, source_shape))
+        A_x = coefficients.pop(0).reshape(rows, batch, -1)
+        centre, radius = (upper + lower) / 2, (upper - lower) / 2
+        centre, radius = centre.to(self.dtype), radius.to(self.dtype)
+        value = (A_x * centre).sum(-1) - (A_x.abs() * radius).sum(-1)
+        magnitude = magnitude + (A_x.abs() * torch.maximum(lower.abs(), upper.abs()).to(self.dtype)).sum(-1)
+        primal = torch.where(A_x >= 0, lower.to(self.dtype), upper.to(self.dtype))
+        return SplitBound(value + constant, primal, relu_coefficients, magnitude)
+
+    def intermediate_bounds(self, lower: Tensor, upper: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
+        """CROWN bounds of every ReLU's input over the boxes [B, n], layer by layer (dense: small networks)."""
+        bounds: dict[int, tuple[Tensor, Tensor]] = {}
+        batch = lower.shape[0]
+        for relu in self.relus:
+            source = self.relu_inputs[relu]
+            shape = self.graph.nodes[source].shape
+            size = int(torch.Size(shape).numel())
+            identity = torch.eye(size, dtype=self.dtype, device=self.device).reshape(size, 1, *shape)
+            C = torch.cat([identity, -identity]).expand(2 * size, batch, *shape)
+            with torch.no_grad():
+                result = self.bound(C, lower, upper, bounds, start=source)
+            low = result.lower[:size].T.reshape(batch, *shape)
+            up = -result.lower[size:].T.reshape(batch, *shape)
+            bounds[relu] = (low, torch.maximum(up, low))
+        return bounds
+
+
+def crown_slopes(lower: Tensor, upper: Tensor) -> Tensor:
+    """CROWN's lower-relaxation slope of an unstable ReLU: 1 where u ≥ −l, else 0 (Zhang et al. 2018)."""
+    return (upper >= -lower).to(lower.dtype)
+
+
+def _relu_backward(A: Tensor, l: Tensor, u: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Coefficients on the ReLU's input and the constant term, for a lower bound of ``A · relu(z)``."""
+    active = l >= 0
+    unstable = (l < 0) & (u > 0)
+    width = torch.where(unstable, u - l, torch.ones_like(u))
+    upper_slope = torch.where(unstable, u / width, active.to(u.dtype))
+    upper_intercept = torch.where(unstable, -u * l / width, torch.zeros_like(u))
+    default = crown_slopes(l, u)
+    slope = default if alpha is None else alpha
+    lower_slope = torch.where(unstable, slope, active.to(u.dtype))
+    A_positive, A_negative = A.clamp(min=0), A.clamp(max=0)
+    A_in = A_positive * lower_slope + A_negative * upper_slope
+    bias = (A_negative * upper_intercept).flatten(2).sum(-1)
+    return A_in, bias
+
+
+def _transpose(module: nn.Module, A: Tensor, source_shape: tuple[int, ...]) -> Tensor:
+    """``A`` [R, B, *out] times the Jacobian of the module's linear part: [R, B, *source_shape]."""
+    rows, batch = A.shape[0], A.shape[1]
+    flat = A.reshape(rows * batch, *A.shape[2:])
+    if isinstance(module, nn.Linear):
+        result = flat @ module.weight
+    elif isinstance(module, nn.Conv2d):
+        result = _conv_transpose(module, flat, source_shape)
+    else:
+        with torch.enable_grad():
+            probe = torch.zeros(rows * batch, *source_shape, dtype=A.dtype, device=A.device, requires_grad=True)
+            (result,) = torch.autograd.grad(module(probe), probe, flat, create_graph=flat.requires_grad)
+    return result.reshape(rows, batch, *source_shape)
+
+
+def _conv_transpose(conv: nn.Conv2d, flat: Tensor, source_shape: tuple[int, ...]) -> Tensor:
+    if isinstance(conv.padding, str):
+        raise MaarError("convolutions with string padding are not supported")
+    output_padding = []
+    for axis in range(2):
+        size = (flat.shape[2 + axis] - 1) * conv.stride[axis] - 2 * conv.padding[axis] \
+            + conv.dilation[axis] * (conv.kernel_size[axis] - 1) + 1
+        output_padding.append(source_shape[1 + axis] - size)
+    return F.conv_transpose2d(flat, conv.weight, None, conv.stride, conv.padding, tuple(output_padding),
+                              conv.groups, conv.dilation)
+
+
+def _accumulate(coefficients: dict[int, Tensor], index: int, A: Tensor) -> None:
+    coefficients[index] = A if index not in coefficients else coefficients[index] + A
+
+
+def _copy_to(graph: LayerGraph, dtype: torch.dtype, device: str | torch.device) -> LayerGraph:
+    """A frozen copy of the graph in ``dtype`` on ``device`` (the caller's graph is left as it is)."""
+    import copy
+
+    clone = copy.deepcopy(graph).to(device=device, dtype=dtype).eval()
+    clone.requires_grad_(False)
+    return clone

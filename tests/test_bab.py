@@ -1,0 +1,130 @@
+"""Branch and bound on ReLU splits: sound bounds, and verdicts equal to the MILP's on random networks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import maar_plugin  # noqa: F401
+from maar_plugin.verification.bab import BabOptions, BabProblem, BranchAndBound
+from maar_plugin.verification.bounds import interval_preactivation_bounds
+from maar_plugin.verification.graph import Add, GraphNode, LayerGraph, Reshape
+from maar_plugin.verification.milp import solve_disjunct
+from maar_plugin.verification.network import AffineLayer, ReluNetwork
+from maar_plugin.verification.split_bounds import SplitBoundEngine
+
+
+def chain_graph(network: ReluNetwork) -> LayerGraph:
+    """The ReluNetwork as a LayerGraph of Linear and ReLU nodes."""
+    nodes, layers = [GraphNode("x", (), (network.num_inputs,), None)], []
+    for index, layer in enumerate(network.layers):
+        linear = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(torch.tensor(layer.weight))
+            linear.bias.copy_(torch.tensor(layer.bias))
+        layers.append(linear)
+        nodes.append(GraphNode(f"fc{index}", (len(nodes) - 1,), (layer.weight.shape[0],), len(layers) - 1))
+        if index < len(network.layers) - 1:
+            layers.append(nn.ReLU())
+            nodes.append(GraphNode(f"relu{index}", (len(nodes) - 1,), (layer.weight.shape[0],), len(layers) - 1))
+    return LayerGraph(nodes, layers, (1, network.num_inputs))
+
+
+def residual_conv_graph(seed: int) -> LayerGraph:
+    torch.manual_seed(seed)
+    nodes = [GraphNode("x", (), (1, 6, 6), None), GraphNode("c1", (0,), (3, 6, 6), 0), GraphNode("r1", (1,), (3, 6, 6), 1),
+             GraphNode("c2", (2,), (3, 6, 6), 2), GraphNode("add", (3, 1), (3, 6, 6), 3), GraphNode("r2", (4,), (3, 6, 6), 4),
+             GraphNode("pool", (5,), (3, 3, 3), 5), GraphNode("flat", (6,), (27,), 6), GraphNode("fc", (7,), (8,), 7),
+             GraphNode("r3", (8,), (8,), 8), GraphNode("out", (9,), (3,), 9)]
+    layers = [nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=1, padding=1), Add(), nn.ReLU(),
+              nn.AvgPool2d(2), Reshape((27,)), nn.Linear(27, 8), nn.ReLU(), nn.Linear(8, 3)]
+    return LayerGraph(nodes, layers, (1, 1, 6, 6)).eval()
+
+
+def test_bounds_and_intermediate_bounds_contain_sampled_values():
+    graph = residual_conv_graph(0)
+    engine = SplitBoundEngine(graph)
+    x = torch.rand(2, 36)
+    lower, upper = x - 0.1, x + 0.1
+    bounds = engine.intermediate_bounds(lower, upper)
+    C = torch.randn(4, 2, 3)
+    result = engine.bound(C, lower, upper, bounds)
+    samples = lower + torch.rand(3000, 2, 36) * (upper - lower)
+    with torch.no_grad():
+        outputs = torch.stack([graph(samples[:, b]) for b in range(2)], dim=1)     # [N, B, K]
+        values = torch.einsum("rbk,nbk->nrb", C, outputs)
+        assert bool((values.min(dim=0).values >= result.lower - 1e-5).all())
+        for b in range(2):
+            nodes = graph.node_values(samples[:, b].reshape(-1, 1, 6, 6))
+            for relu, (low, up) in bounds.items():
+                z = nodes[engine.relu_inputs[relu]]
+                assert bool((z >= low[b] - 1e-5).all()) and bool((z <= up[b] + 1e-5).all())
+        corner = engine.forward(result.primal.reshape(-1, 36)).reshape(4, 2, 3)
+        assert bool((torch.einsum("rbk,rbk->rb", C, corner) >= result.lower - 1e-5).all())
+
+
+def random_problem(seed: int):
+    rng = np.random.default_rng(seed)
+    sizes = [6, 20, 20, 4]
+    network = ReluNetwork(tuple(AffineLayer(rng.normal(size=(b, a)) / np.sqrt(a), rng.normal(size=b) * 0.1)
+                                for a, b in zip(sizes[:-1], sizes[1:])), (1, 6))
+    centre, eps = rng.uniform(size=6), rng.uniform(0.05, 0.4)
+    lower, upper = centre - eps, centre + eps
+    label = int(np.argmax(network.forward(centre[None])[0]))
+    rows = []
+    for j in range(4):
+        if j != label:
+            row = np.zeros(4)
+            row[label], row[j] = 1.0, -1.0
+            rows.append(row[None])                      # unsafe: y_label − y_j <= 0
+    return network, lower, upper, np.stack(rows), np.zeros((len(rows), 1))
+
+
+def milp_verdict(network, lower, upper, C, d) -> str:
+    bounds = interval_preactivation_bounds(network, lower, upper)
+    verdict = "unsat"
+    for k in range(len(C)):
+        outcome = solve_disjunct(network, bounds, lower, upper, C[k], d[k], 30)
+        if outcome.status == "candidate" and outcome.objective < -1e-4:
+            return "sat"
+        if outcome.status != "refuted":
+            verdict = "ambiguous"
+    return verdict
+
+
+@pytest.mark.parametrize("seeds", [range(0, 30)])
+def test_verdicts_equal_the_milp_reference(seeds):
+    decided = {"sat": 0, "unsat": 0}
+    branched = 0
+    for seed in seeds:
+        network, lower, upper, C, d = random_problem(seed)
+        expected = milp_verdict(network, lower, upper, C, d)
+        engine = SplitBoundEngine(chain_graph(network))
+        box_lower = torch.tensor(lower, dtype=torch.float32)
+        box_upper = torch.tensor(upper, dtype=torch.float32)
+        root = engine.intermediate_bounds(box_lower[None], box_upper[None])
+        problem = BabProblem(torch.tensor(C, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
+                             torch.full(d.shape, 1e-5), box_lower, box_upper,
+                             {relu: (low[0], up[0]) for relu, (low, up) in root.items()})
+
+        def confirm(points):
+            for point in points:
+                y = network.forward(point.double().numpy()[None])[0]
+                if any(np.all(C[k] @ y <= d[k]) for k in range(len(C))):
+                    return point
+            return None
+
+        import time
+        outcome = BranchAndBound(engine, problem, BabOptions(), confirm).run(time.monotonic() + 30)
+        if outcome.status == "counterexample":
+            y = network.forward(outcome.point.double().numpy()[None])[0]
+            assert any(np.all(C[k] @ y <= d[k]) for k in range(len(C))), seed
+            assert np.all(outcome.point.numpy() >= lower - 1e-6) and np.all(outcome.point.numpy() <= upper + 1e-6)
+        if outcome.status == "proved":
+            assert expected == "unsat", (seed, expected)        # soundness: never proved where MILP finds a violation
+            branched += outcome.iterations > 0
+        if expected != "ambiguous" and outcome.status in ("proved", "counterexample"):
+            assert {"proved": "unsat", "counterexample": "sat"}[outcome.status] == expected, seed
+            decided[expected] += 1
+    assert decided["sat"] >= 8 and decided["unsat"] >= 8 and branched >= 1, (decided, branched)
