@@ -15,7 +15,7 @@ from maar_plugin.verification.abcrown_config import AbcrownJob, read_abcrown_con
 from maar_plugin.verification.batch import Instance, read_instances_csv, read_log, verify_instances
 from maar_plugin.verification.cascade import ModelCache, VerifyOptions, verify_instance
 from maar_plugin.verification.network import ReluNetwork
-from maar_plugin.verification.onnx_loader import load_onnx_network
+from maar_plugin.verification.dense import load_onnx_network
 from maar_plugin.verification.report import instance_table, stage_table
 from maar_plugin.verification.result import BOUND_STAGES, STAGES, InstanceResult, certified_by
 
