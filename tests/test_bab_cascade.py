@@ -10,9 +10,11 @@ from torch import nn
 
 import maar_plugin  # noqa: F401
 from maar_plugin.verification import verify_instance
+from maar_plugin.verification.bab import BabOptions
 from tests.test_verification_soundness import FAST, export, write_vnnlib
 
-BAB = replace(FAST, milp_max_unstable=0, timeout=40)
+BAB = replace(FAST, milp_max_unstable=0, timeout=40, bab=BabOptions(input_split_max_inputs=0))
+INPUT_SPLIT = replace(FAST, milp_max_unstable=0, timeout=40)
 MILP = replace(FAST, milp_max_unstable=10**6, timeout=40)
 
 
@@ -67,7 +69,7 @@ def check_counterexample(onnx_path, result, shape) -> None:
     assert np.allclose(output, y, atol=1e-5)
 
 
-def compare(tmp_path, seeds, make, shape, reference_model=None):
+def compare(tmp_path, seeds, make, shape, reference_model=None, options=BAB):
     tally = {"sat": 0, "unsat": 0, "branched": 0}
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -76,7 +78,7 @@ def compare(tmp_path, seeds, make, shape, reference_model=None):
         reference_path = onnx_path if reference_model is None else \
             export(reference_model(model), tmp_path / f"chain{seed}.onnx", shape)
         prop = robustness_property(tmp_path / f"p{seed}.vnnlib", model, shape, rng, float(rng.uniform(0.05, 0.3)))
-        branched = verify_instance(onnx_path, prop, options=BAB)
+        branched = verify_instance(onnx_path, prop, options=options)
         exact = verify_instance(reference_path, prop, options=MILP)
         assert branched.verdict in ("sat", "unsat"), (seed, branched.verdict, branched.message)
         if exact.verdict in ("sat", "unsat"):
@@ -95,4 +97,14 @@ def test_bab_equals_milp_on_conv_networks(tmp_path):
 
 def test_bab_equals_milp_on_residual_networks(tmp_path):
     tally = compare(tmp_path, range(16), ResidualNet, (1, 6), reference_model=lambda model: model.as_chain())
+    assert tally["sat"] >= 2 and tally["unsat"] >= 2 and tally["branched"] >= 2, tally
+
+
+def mlp(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3)).eval()
+
+
+def test_input_splitting_equals_milp_on_low_dimensional_networks(tmp_path):
+    tally = compare(tmp_path, range(16), mlp, (1, 4), options=INPUT_SPLIT)
     assert tally["sat"] >= 2 and tally["unsat"] >= 2 and tally["branched"] >= 2, tally

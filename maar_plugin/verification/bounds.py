@@ -67,6 +67,17 @@ class LirpaBoundStages:
         lb, _ = self.bounded.compute_bounds(x=(x,), C=C, method=LIRPA_METHODS[method], bound_upper=False, **given)
         return lb.detach().double().cpu().numpy().reshape(-1)
 
+    def box_lower_bounds(self, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
+                         method: str = "CROWN") -> torch.Tensor:
+        """Lower bounds [B, R] of ``C[b] @ f(x)`` over each of B boxes at once (float32 ``lower``/``upper``
+        [B, n], ``C`` [B, R, outputs]); the boxes' intermediate bounds are computed afresh."""
+        shape = (lower.shape[0], *self.graph.example_shape)
+        x_lower, x_upper = lower.to(self.device).reshape(shape), upper.to(self.device).reshape(shape)
+        x = BoundedTensor((x_lower + x_upper) / 2, PerturbationLpNorm(norm=np.inf, x_L=x_lower, x_U=x_upper))
+        lb, _ = self.bounded.compute_bounds(x=(x,), C=C.to(self.device, torch.float32), method=LIRPA_METHODS[method],
+                                            bound_upper=False)
+        return lb.detach()
+
     def intermediate_bounds(self) -> dict[str, list[torch.Tensor]]:
         """The ReLU input bounds of the last compute_bounds, keyed by node name, to pass back later."""
         return {relu.inputs[0].name: [relu.inputs[0].lower.detach().clone(), relu.inputs[0].upper.detach().clone()]

@@ -7,8 +7,10 @@ disjuncts (a disjunct ``C y <= d`` is empty when some row has lower bound of ``C
 float32 tolerance). Then one complete stage decides what is left:
 
 - ``BaB``, batched branch and bound on ReLU splits (:mod:`~maar_plugin.verification.bab`), from the
-  bound stages' pre-activation bounds; for every network that has more than ``milp_max_unstable``
-  unstable ReLUs or no dense form (residual connections, MaxPool, large convolutions);
+  bound stages' pre-activation bounds, or on the input box for networks with few inputs
+  (:mod:`~maar_plugin.verification.input_split`); for every network that has more than
+  ``milp_max_unstable`` unstable ReLUs or no dense form (residual connections, MaxPool, large
+  convolutions);
 - otherwise, and where branch and bound gives up (``unknown``) on a network with a dense form, the LP
   stage bounds each open disjunct by its LP relaxation and starts a targeted PGD at the LP's
   minimiser, and the MILP decides the disjuncts that are left, exactly, likeliest violation first,
@@ -35,6 +37,7 @@ from maar_plugin.verification.lp_bounds import disjunct_relaxation, solve_relaxa
 from maar_plugin.verification.milp import MilpOutcome, solve_disjunct
 from maar_plugin.verification.dense import dense_network
 from maar_plugin.verification.graph import LayerGraph
+from maar_plugin.verification.input_split import InputSplitSearch
 from maar_plugin.verification.memory import estimated_memory
 from maar_plugin.verification.network import ReluNetwork
 from maar_plugin.verification.onnx_graph import load_onnx_graph
@@ -279,7 +282,11 @@ class Cascade:
             return points[0] if self.attack(case, start=points[0], steps=20, restarts=1) else None
 
         options = replace(self.options.bab, memory_limit=self.options.memory_limit / 2)
-        outcome = BranchAndBound(self.model.engine(), problem, options, confirm, attack).run(self.deadline)
+        if graph.num_inputs <= options.input_split_max_inputs:
+            search = InputSplitSearch(self.model.bound_stages, problem, options, confirm)
+        else:
+            search = BranchAndBound(self.model.engine(), problem, options, confirm, attack)
+        outcome = search.run(self.deadline)
         if outcome.status == "proved":
             case.refuted[open_disjuncts] = True
         elif outcome.status == "timeout":
