@@ -32,15 +32,16 @@ Bounds = list[tuple[np.ndarray, np.ndarray]]
 class LirpaBoundStages:
     """One BoundedModule per network, reused for every instance and bound method."""
 
-    def __init__(self, graph: LayerGraph, device: str = "cpu", alpha_iterations: int = 20) -> None:
+    def __init__(self, graph: LayerGraph, device: str = "cpu", alpha_iterations: int = 20,
+                 full_crown: bool = True) -> None:
         self.graph = graph
         self.device = torch.device(device)
         self.model = graph.to(self.device)
+        self.full_crown = full_crown
         example = torch.zeros(1, *graph.example_shape, device=self.device)
+        options = {"optimize_bound_args": {"iteration": alpha_iterations}, "sparse_features_alpha": False}
         try:
-            self.bounded = BoundedModule(self.model, example, device=self.device,
-                                         bound_opts={"optimize_bound_args": {"iteration": alpha_iterations},
-                                                     "sparse_features_alpha": False})
+            self.bounded = BoundedModule(self.model, example, device=self.device, bound_opts=options)
         except Exception as error:  # auto_LiRPA's tracer raises many kinds
             raise MaarError(f"auto_LiRPA cannot trace the network ({type(error).__name__}: "
                             f"{str(error).splitlines()[0] if str(error) else ''})") from None
@@ -55,7 +56,9 @@ class LirpaBoundStages:
 
         ``intermediate`` (from :meth:`intermediate_bounds` of an earlier call on the same box) fixes the
         ReLU input bounds, so alpha-CROWN optimises only the final layer: on MNIST conv nets that is
-        ~20x faster than letting auto_LiRPA 0.3 re-optimise every intermediate layer.
+        ~20x faster than letting auto_LiRPA 0.3 re-optimise every intermediate layer. Without
+        ``full_crown`` (a network too large for CROWN's intermediate bounds, see
+        :mod:`~maar_plugin.verification.memory`) CROWN starts from IBP's intermediate bounds.
         """
         shape = (1, *self.graph.example_shape)
         x_lower = torch.as_tensor(outward(lower, -1), device=self.device).reshape(shape)
@@ -63,6 +66,9 @@ class LirpaBoundStages:
         perturbation = PerturbationLpNorm(norm=np.inf, x_L=x_lower, x_U=x_upper)
         x = BoundedTensor((x_lower + x_upper) / 2, perturbation)
         C = torch.as_tensor(spec, dtype=torch.float32, device=self.device).unsqueeze(0)
+        if intermediate is None and method != "IBP" and not self.full_crown:
+            self.bounded.compute_bounds(x=(x,), method="IBP", bound_upper=False)
+            intermediate = self.intermediate_bounds()
         given = {_INTERMEDIATE_KEYWORD: intermediate} if intermediate is not None else {}
         lb, _ = self.bounded.compute_bounds(x=(x,), C=C, method=LIRPA_METHODS[method], bound_upper=False, **given)
         return lb.detach().double().cpu().numpy().reshape(-1)

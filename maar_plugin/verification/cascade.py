@@ -38,7 +38,7 @@ from maar_plugin.verification.milp import MilpOutcome, solve_disjunct
 from maar_plugin.verification.dense import dense_network
 from maar_plugin.verification.graph import LayerGraph
 from maar_plugin.verification.input_split import InputSplitSearch
-from maar_plugin.verification.memory import estimated_memory
+from maar_plugin.verification.memory import memory_plan
 from maar_plugin.verification.network import ReluNetwork
 from maar_plugin.verification.onnx_graph import load_onnx_graph
 from maar_plugin.verification.split_bounds import SplitBoundEngine
@@ -116,12 +116,12 @@ class ModelCache:
 
     def load(self, path: Path) -> LoadedModel:
         graph = load_onnx_graph(path)
-        needed = estimated_memory(graph)
-        if needed > self.memory_limit:
-            raise MaarError(f"{path}: verifying this network needs about {needed / 1e9:.1f} GB, over the memory "
-                            f"limit of {self.memory_limit / 1e9:.1f} GB (--memory-limit)")
+        plan, budget = memory_plan(graph), self.memory_limit / 2    # the other half: branch and bound's domains
+        if plan.minimum > budget:
+            raise MaarError(f"{path}: verifying this network needs about {2 * plan.minimum / 1e9:.1f} GB, over the "
+                            f"memory limit of {self.memory_limit / 1e9:.1f} GB (--memory-limit)")
         runtime = OnnxRuntimeModel(path)
-        stages = LirpaBoundStages(graph, self.device, self.alpha_iterations)
+        stages = LirpaBoundStages(graph, self.device, self.alpha_iterations, plan.full_crown(budget))
         return LoadedModel(graph, dense_network(graph), stages, runtime)
 
 
@@ -177,6 +177,8 @@ class Cascade:
         elif stage == "pgd":
             for case in self.open_cases():
                 self.attack(case)
+        elif stage == "alpha-CROWN" and not self.model.bound_stages.full_crown:
+            return      # auto_LiRPA 0.3 allocates α for every pair of ReLUs: too large where full CROWN is
         elif stage in BOUND_STAGES:
             for case in self.open_cases():
                 self.bound(case, stage)
@@ -216,14 +218,19 @@ class Cascade:
             per_disjunct = torch.stack([slack[:, owner == j].min(dim=1).values for j in disjuncts], dim=1)
             return per_disjunct.max(dim=1).values
 
+        # The restarts run side by side as one batch (one forward/backward pass per step for all of them).
+        restarts = self.options.pgd_restarts if restarts is None else restarts
         lower = torch.as_tensor(case.prop.input_lower, dtype=torch.float32, device=device).reshape(1, -1)
         upper = torch.as_tensor(case.prop.input_upper, dtype=torch.float32, device=device).reshape(1, -1)
+        lower, upper = lower.expand(restarts, -1), upper.expand(restarts, -1)
+        starts = lower + torch.rand_like(lower) * (upper - lower)
         if start is not None:
-            start = torch.as_tensor(start, dtype=torch.float32, device=device).reshape(1, -1)
+            starts[0] = torch.as_tensor(start, dtype=torch.float32, device=device).reshape(-1)
         best = pgd_maximize(self.model.bound_stages.model, lower, upper, violation,
-                            steps=self.options.pgd_steps if steps is None else steps,
-                            restarts=self.options.pgd_restarts if restarts is None else restarts, start=start)
-        return self.try_counterexample(case, best.double().cpu().numpy().reshape(-1))
+                            steps=self.options.pgd_steps if steps is None else steps, restarts=1, start=starts)
+        with torch.no_grad():
+            scores = violation(self.model.bound_stages.model(best))
+        return self.try_counterexample(case, best[int(scores.argmax())].double().cpu().numpy().reshape(-1))
 
     def bound(self, case: _Case, method: str) -> None:
         open_disjuncts = case.open_disjuncts()

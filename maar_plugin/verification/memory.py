@@ -1,41 +1,97 @@
-"""An estimate of the working memory the bound stages need on a LayerGraph, checked before loading.
+"""The bound stages' working memory on a LayerGraph, estimated before anything is bounded.
 
-auto_LiRPA's CROWN pass bounds every ReLU's input by a backward pass of linear coefficients from
-that ReLU's neurons: convolutions keep them as patches (one row of ``channels × receptive field²``
-per neuron), a Linear layer turns them into dense rows as wide as its input. The estimate is the
-largest such coefficient set, times a factor for the lower and upper copies and temporaries, plus
-the parameters. It is meant to tell a network that fits from one that cannot (a dm-large-sized
-model from one ten times larger), not to predict the resident size to the megabyte.
+auto_LiRPA's CROWN pass bounds each ReLU's input by a backward pass of linear coefficients from all
+of that ReLU's neurons at once. Through convolutions the coefficients are patches, one row of
+``channels × receptive field²`` values per neuron, the receptive field growing layer by layer
+backwards; after a Linear layer they are dense rows as wide as each layer. The largest
+``neurons × widest row``, times a factor for the lower/upper copies and temporaries, is the full
+CROWN pass's peak (dm-large: about 9 GB). Where that exceeds the limit, the CROWN and alpha-CROWN
+stages take IBP's intermediate bounds and run CROWN from the specification rows only (the bounds
+CROWN-IBP trains with), which needs one row set, not one per neuron. (auto_LiRPA 0.3's own
+``crown_batch_size`` keeps every batch's coefficients until the end, so it does not bound the peak.)
+The parameters and the per-node values and interval bounds come on top. The estimate tells a
+network that fits from one that does not; it does not predict the resident size to the megabyte.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from maar_plugin.verification.graph import LayerGraph
+from maar_plugin.verification.graph import LayerGraph, Reshape, Transpose
 
 BYTES_PER_VALUE = 4
-COPIES = 6   # lower and upper coefficients, their products with the next layer's weights, slack
+COPIES = 6                  # lower and upper coefficients, their products with the next layer, slack
+VALUES_PER_NEURON = 8       # forward values, interval and CROWN bounds, α slopes, gradients
+SPEC_ROWS = 64              # rows of a specification bounded at once (all disjuncts of a property)
 
 
-def estimated_memory(graph: LayerGraph) -> float:
-    """Bytes the IBP/CROWN/alpha-CROWN stages need for one instance (an estimate; see the module)."""
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes for the parameters and per-neuron state (``fixed``), for CROWN's intermediate bounds of every
+    ReLU (``intermediate``) and for one pass from the specification rows (``final``)."""
+
+    fixed: float
+    intermediate: float
+    final: float
+
+    def full_crown(self, limit: float) -> bool:
+        """Whether CROWN may compute every ReLU's intermediate bounds within ``limit`` bytes."""
+        return self.fixed + self.intermediate <= limit
+
+    @property
+    def minimum(self) -> float:
+        """Bytes needed with IBP intermediate bounds and CROWN from the rows only."""
+        return self.fixed + self.final
+
+
+def memory_plan(graph: LayerGraph) -> MemoryPlan:
+    """The memory estimate of ``graph`` (see the module docstring)."""
     parameters = sum(p.numel() for p in graph.parameters()) + sum(b.numel() for b in graph.buffers())
-    receptive, stride, channels, widest_vector = 1, 1, 1, 0
-    peak = 0
-    for index in range(1, len(graph.nodes)):
+    neurons = sum(_size(node.shape) for node in graph.nodes)
+    intermediate = max((_size(graph.nodes[relu].shape) * _widest_row(graph, graph.nodes[relu].inputs[0])
+                        for relu in graph.relu_indices()), default=0)
+    final = SPEC_ROWS * _widest_row(graph, len(graph.nodes) - 1)
+    return MemoryPlan(float(BYTES_PER_VALUE * (parameters + VALUES_PER_NEURON * neurons)),
+                      float(BYTES_PER_VALUE * COPIES * intermediate), float(BYTES_PER_VALUE * COPIES * final))
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    return int(torch.Size(shape).numel())
+
+
+def _pair(value) -> tuple[int, int]:
+    return value if isinstance(value, tuple) else (value, value)
+
+
+def _widest_row(graph: LayerGraph, start: int) -> int:
+    """The widest coefficient row of a backward pass from one neuron of node ``start`` to the input."""
+    widest = 0
+    stack = [(start, 1, None)]           # (node, receptive field, dense width once past a Linear)
+    seen = set()
+    while stack:
+        state = stack.pop()
+        if state in seen:
+            continue
+        seen.add(state)
+        index, field, dense = state
+        shape = graph.nodes[index].shape
+        if dense is not None or len(shape) != 3:
+            width = dense if dense is not None else _size(shape)
+        else:
+            width = shape[0] * min(field, shape[1]) * min(field, shape[2])
+        widest = max(widest, width)
+        if index == 0:
+            continue
         module = graph.module_of(index)
-        size = int(torch.Size(graph.nodes[index].shape).numel())
-        if isinstance(module, (nn.Conv2d, nn.AvgPool2d)):
-            kernel = module.kernel_size if isinstance(module.kernel_size, tuple) else (module.kernel_size,) * 2
-            step = module.stride if isinstance(module.stride, tuple) else (module.stride,) * 2
-            receptive += (max(kernel) - 1) * stride
-            stride *= max(step)
-            if isinstance(module, nn.Conv2d):
-                channels = max(channels, module.in_channels)
-        elif isinstance(module, nn.Linear):
-            widest_vector = max(widest_vector, module.in_features)
-        elif isinstance(module, nn.ReLU):
-            width = widest_vector or channels * receptive ** 2
-            peak = max(peak, size * min(width, graph.num_inputs + 1))
-    return float(BYTES_PER_VALUE * (parameters + COPIES * peak))
+        for source in graph.nodes[index].inputs:
+            if dense is None and isinstance(module, (nn.Conv2d, nn.AvgPool2d)):
+                kernel, stride = max(_pair(module.kernel_size)), max(_pair(module.stride))
+                dilation = max(_pair(getattr(module, "dilation", 1)))
+                stack.append((source, (field - 1) * stride + dilation * (kernel - 1) + 1, None))
+            elif dense is not None or isinstance(module, (nn.Linear, Reshape, Transpose)):
+                stack.append((source, field, _size(graph.nodes[source].shape)))
+            else:                        # ReLU, Add, Sub, ElementwiseAffine keep the representation
+                stack.append((source, field, None))
+    return widest
