@@ -26,6 +26,7 @@ from packaging.version import InvalidVersion, Version
 from maar_plugin.errors import MaarError
 
 KNOWN_VERSIONS = SpecifierSet(">=0.3,<0.8")
+KNOWN_VERSIONS_TEXT = "0.3 (PyPI) to 0.7 (α,β-CROWN's checkout)"
 
 
 def lirpa_version() -> Version | None:
@@ -49,8 +50,8 @@ def lirpa_version() -> Version | None:
         version = None
     if version is None or version not in KNOWN_VERSIONS:
         found = "no __version__" if text is None else f"version {text!r}"
-        raise MaarError(f"auto_LiRPA at {where or 'an unknown path'} has {found}; maar-plugin works with "
-                        f"auto_LiRPA {KNOWN_VERSIONS} (PyPI's 0.3 or an α,β-CROWN checkout)")
+        raise MaarError(f"auto_LiRPA at {where or 'an unknown path'} has {found}; "
+                        f"maar-plugin works with auto_LiRPA {KNOWN_VERSIONS_TEXT}")
     return version
 
 
