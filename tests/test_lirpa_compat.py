@@ -1,15 +1,23 @@
 """auto_LiRPA through the compatibility layer: every bound method is sound, alpha-CROWN really optimises."""
+import importlib.metadata
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from packaging.version import Version
 from torch import nn
 
 from maar_plugin import lirpa_compat
+from maar_plugin.lirpa_compat import KNOWN_VERSIONS_TEXT
 from maar_plugin.attacks import pgd_maximize
 from maar_plugin.bounds.lirpa import METHODS, LirpaBounds
 from maar_plugin.bounds.specs import margin_spec
 
 TOLERANCE = 1e-5
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _mlp() -> nn.Module:
@@ -70,7 +78,7 @@ def test_bounds_contain_sampled_and_pgd_points(method, make_model, shape, eps):
 
 
 def test_alpha_crown_is_strictly_tighter_than_crown():
-    """Without the slope-projection fix, auto_LiRPA 0.3's alpha-CROWN returns CROWN's bound unchanged."""
+    """Without the slope-projection fix, alpha-CROWN (auto_LiRPA 0.3 and 0.7 alike) returns CROWN's bound."""
     model = _mlp()
     torch.manual_seed(3)
     x = torch.rand(2, 1, 28, 28)
@@ -102,17 +110,75 @@ def test_needs_patches_only_for_the_old_pypi_line():
     assert not lirpa_compat.needs_patches(None)
 
 
+def test_clamp_probe_matches_torch():
+    slope = torch.tensor([0.0, 1.0], requires_grad=True)
+    slope.clamp(0, 1).sum().backward()
+    assert lirpa_compat.clamp_stops_gradient_at_bounds() == bool((slope.grad == 0).all())
+
+
+def test_clamp_passing_gradient_clamps_and_passes_gradient():
+    slope = torch.tensor([-0.5, 0.0, 0.5, 1.0, 1.5], requires_grad=True)
+    clamped = lirpa_compat.clamp_passing_gradient(slope, 0.0, 1.0)
+    clamped.sum().backward()
+    assert torch.equal(clamped.detach(), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    assert torch.equal(slope.grad, torch.ones(5))
+
+
+def _fake_lirpa(root, init_source: str) -> None:
+    """A package ``auto_LiRPA`` under ``root`` with this ``__init__.py`` and an ``operators.BoundRelu``."""
+    (root / "auto_LiRPA" / "operators").mkdir(parents=True)
+    (root / "auto_LiRPA" / "__init__.py").write_text(init_source)
+    (root / "auto_LiRPA" / "operators" / "__init__.py").write_text("class BoundRelu:\n    pass\n")
+
+
+def _python(code: str, path) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter with ``path`` first on PYTHONPATH, then this checkout."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(path), str(REPO)])}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_version_is_read_from_the_module_on_the_path_not_the_installed_distribution(tmp_path):
+    """A checkout on PYTHONPATH shadows the installed auto_LiRPA: the version is the checkout's."""
+    _fake_lirpa(tmp_path, "__version__ = '0.5.0'\n")
+    result = _python("import maar_plugin, auto_LiRPA; from maar_plugin import lirpa_compat; "
+                     "print(lirpa_compat.lirpa_version(), auto_LiRPA.__file__)", tmp_path)
+    assert result.returncode == 0, result.stderr
+    version, where = result.stdout.split()
+    assert version == "0.5.0" and where.startswith(str(tmp_path))
+    try:
+        assert importlib.metadata.version("auto_LiRPA") != "0.5.0"
+    except importlib.metadata.PackageNotFoundError:
+        pass
+
+
+@pytest.mark.parametrize("init_source, found", [
+    ("__version__ = '1.2.0'\n", "version '1.2.0'"),
+    ("__version__ = '0.2'\n", "version '0.2'"),
+    ("__version__ = 'unreleased'\n", "version 'unreleased'"),
+    ("from .operators import BoundRelu\n", "no __version__"),
+])
+def test_unknown_version_is_one_line_maar_error(tmp_path, init_source, found):
+    _fake_lirpa(tmp_path, init_source)
+    result = _python("import maar_plugin", tmp_path)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("maar_plugin.errors.MaarError: auto_LiRPA at ")
+    assert found in last and KNOWN_VERSIONS_TEXT in last
+
+
 def test_apply_is_idempotent():
     import torch.onnx.symbolic_helper as symbolic_helper
+    from auto_LiRPA.operators import BoundRelu
 
     model = _mlp()
     x = torch.rand(2, 1, 28, 28)
     lower, upper = (x - 0.01).clamp(0, 1), (x + 0.01).clamp(0, 1)
     spec = margin_spec(model(x).argmax(1), 10)
     before, _ = LirpaBounds(model, x[:1], alpha_iterations=3).bounds(lower, upper, spec, "alpha-CROWN", False)
-    opset_setter, node_getitem = symbolic_helper._set_opset_version, torch._C.Node.__getitem__
+    patched = (getattr(symbolic_helper, "_set_opset_version", None), getattr(torch._C.Node, "__getitem__", None),
+               BoundRelu.__dict__["_relu_mask_alpha"].__func__)
     assert lirpa_compat.apply() == lirpa_compat.apply()
-    assert symbolic_helper._set_opset_version is opset_setter
-    assert torch._C.Node.__getitem__ is node_getitem
+    assert patched == (getattr(symbolic_helper, "_set_opset_version", None),
+                       getattr(torch._C.Node, "__getitem__", None), BoundRelu.__dict__["_relu_mask_alpha"].__func__)
     after, _ = LirpaBounds(model, x[:1], alpha_iterations=3).bounds(lower, upper, spec, "alpha-CROWN", False)
     assert torch.allclose(before, after, atol=1e-6)
