@@ -120,6 +120,9 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="results folder (default for batches: results/<csv folder or config name>)")
 @click.option("--resume", is_flag=True, help="skip instances already in the log of --out")
+@click.option("--shard", "shard_text", metavar="K/N",
+              help="verify only shard K of N (K = 0..N-1): the instances i with i mod N = K, e.g. one SLURM "
+                   "array task; under torchrun each rank takes its shard from RANK/WORLD_SIZE")
 @click.option("--timeout", type=float, help="seconds per instance where the csv gives none  [default: 60]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="device of the bound stages  [default: cpu]")
 @click.option("--pgd-steps", type=int, help="PGD steps per restart  [default: 50]")
@@ -127,17 +130,25 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--alpha-iterations", type=int, help="alpha-CROWN optimisation steps  [default: 20]")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
-           out_dir: str | None, resume: bool, no_progress: bool, **flags) -> None:
+           out_dir: str | None, resume: bool, shard_text: str | None, no_progress: bool, **flags) -> None:
     """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, LP, then an exact MILP."""
     from dataclasses import replace
     from pathlib import Path
 
-    from maar_plugin.verification import (Instance, VerifyOptions, instance_table, read_abcrown_config,
-                                          read_instances_csv, stage_table, verify_instance, verify_instances)
+    from maar_plugin.verification import (Instance, VerifyOptions, instance_table, parse_shard, rank_device,
+                                          read_abcrown_config, read_instances_csv, shard_from_env, stage_table,
+                                          verify_instance, verify_instances)
 
     sources = sum([bool(onnx_path or vnnlib_path), bool(instances_csv), bool(config_file)])
     if sources != 1 or bool(onnx_path) != bool(vnnlib_path):
         raise MaarError("give exactly one of: --onnx with --vnnlib, --instances CSV, --config YAML")
+    rank_shard = shard_from_env()
+    if shard_text and onnx_path:
+        raise MaarError("--shard splits a batch of instances: give --instances or --config")
+    if shard_text and rank_shard:
+        raise MaarError(f"--shard {shard_text} under torchrun (RANK/WORLD_SIZE set), which picks the shard itself: "
+                        "give one of them")
+    shard = parse_shard(shard_text) if shard_text else rank_shard
     options = VerifyOptions()
     if config_file:
         job = read_abcrown_config(config_file)
@@ -154,6 +165,8 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     else:
         instances, default_out = [Instance(Path(onnx_path), Path(vnnlib_path))], None
     options = replace(options, **{key: value for key, value in flags.items() if value is not None})
+    if rank_shard:
+        options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
     if default_out is None and out_dir is None:
         result = verify_instance(onnx_path, vnnlib_path, options=options)
         click.echo(instance_table([result]))
@@ -161,9 +174,14 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
             click.echo(result.vnncomp_text(), nl=False)
         return
     out = Path(out_dir) if out_dir else default_out
-    results = verify_instances(instances, out, resume=resume, options=options, progress=not no_progress)
+    progress = not no_progress and not (rank_shard and rank_shard.index > 0)
+    results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard)
     click.echo(stage_table(results))
-    click.echo(f"results in {out} (results/*.txt, log.jsonl, summary.csv)")
+    if shard and shard.count > 1:
+        click.echo(f"shard {shard}: results in {out} (results/*.txt, log{shard.suffix}.jsonl, "
+                   f"summary{shard.suffix}.csv); `maar report {out}` merges the shards")
+    else:
+        click.echo(f"results in {out} (results/*.txt, log.jsonl, summary.csv)")
 
 
 @cli.command()
@@ -180,7 +198,7 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
 
     from maar_plugin.atomic import atomic_write_text
     from maar_plugin.reproduce import PLAN_NAME, markdown_report, plot_report
-    from maar_plugin.verification import instance_table, read_log, stage_table
+    from maar_plugin.verification import instance_table, merge_summaries, read_log, stage_table
 
     if (Path(results_dir) / PLAN_NAME).is_file():
         if rows:
@@ -195,10 +213,13 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
     results = read_log(results_dir)
     if not results:
         raise MaarError(f"{results_dir}: no log.jsonl records (is this a `maar verify --out` folder?)")
+    merged = merge_summaries(results_dir)
     if per_instance:
         click.echo(instance_table(results))
         click.echo()
     click.echo(stage_table(results))
+    if merged:
+        click.echo(f"shard logs merged: {len(results)} instances, written as {merged}")
 
 
 @cli.command("reproduce")
