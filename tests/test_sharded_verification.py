@@ -110,6 +110,17 @@ def test_ranks_from_the_environment_take_their_shares(benchmark, tmp_path):
     assert [r.verdict for r in read_log(out)] == ["sat", "unsat", "unsat", "sat", "unsat"]
 
 
+def test_a_torchrun_launch_splits_the_csv(benchmark, tmp_path):
+    out = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "maar_plugin", "verify",
+               "--instances", str(benchmark / "instances.csv"), "--out", str(out), *FAST_FLAGS]
+    launch = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                            timeout=120)
+    assert launch.returncode == 0, launch.stdout + launch.stderr
+    assert "shard 0/2" in launch.stdout and "shard 1/2" in launch.stdout
+    assert [r.verdict for r in read_log(out)] == ["sat", "unsat", "unsat", "sat", "unsat"]
+
+
 def test_a_killed_shard_resumes_from_its_own_log(benchmark, tmp_path):
     out = tmp_path / "killed"
     assert verify(benchmark, out, "--shard", "0/2").exit_code == 0
