@@ -305,15 +305,17 @@ def objectives_command() -> None:
 @click.option("--dataset", help="dataset of an ONNX source (a run knows its own)")
 @click.option("--data-dir", help="folder with the dataset's standard files")
 @click.option("--resume", is_flag=True, help="continue an interrupted certification in --out")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="verify in N local processes, one shard of the instances each")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def certify(source: str, eps: float, count: int, out_dir: str, timeout: float, dataset: str | None,
-            data_dir: str | None, resume: bool, no_progress: bool) -> None:
+            data_dir: str | None, resume: bool, jobs: int, no_progress: bool) -> None:
     """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
     complete-certified accuracy side by side."""
     from maar_plugin.certify import accuracy_table, certify as run_certify
 
     accuracy = run_certify(source, eps, count, out_dir, timeout=timeout, dataset=dataset, data_dir=data_dir,
-                           resume=resume, progress=not no_progress)
+                           resume=resume, progress=not no_progress, jobs=jobs)
     click.echo(accuracy_table([accuracy]))
 
 
