@@ -233,7 +233,8 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="results folder")
 @click.option("--scale", type=click.Choice(["full", "cpu"]), default="full", show_default=True,
               help="the recipe's full schedule (a GPU) or its CPU-scale version")
-@click.option("--jobs", type=int, default=1, show_default=True, help="runs side by side (processes)")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="runs trained side by side, and shard processes per certification (processes)")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="training device")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
