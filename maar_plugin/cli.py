@@ -135,9 +135,10 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     from dataclasses import replace
     from pathlib import Path
 
-    from maar_plugin.verification import (Instance, VerifyOptions, instance_table, parse_shard, rank_device,
-                                          read_abcrown_config, read_instances_csv, shard_from_env, stage_table,
-                                          verify_instance, verify_instances)
+    from maar_plugin.verification import (Instance, VerifyOptions, instance_table, merge_summaries, parse_shard,
+                                          rank_device, read_abcrown_config, read_instances_csv, read_log,
+                                          shard_from_env, stage_table, verify_instance, verify_instances,
+                                          wait_for_all_ranks)
 
     sources = sum([bool(onnx_path or vnnlib_path), bool(instances_csv), bool(config_file)])
     if sources != 1 or bool(onnx_path) != bool(vnnlib_path):
@@ -176,6 +177,13 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     out = Path(out_dir) if out_dir else default_out
     progress = not no_progress and not (rank_shard and rank_shard.index > 0)
     results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard)
+    if rank_shard and wait_for_all_ranks():  # torchrun: rank 0 alone merges the shards and prints
+        if rank_shard.index == 0:
+            merge_summaries(out)
+            click.echo(stage_table(read_log(out)))
+            click.echo(f"results of {rank_shard.count} ranks in {out} (results/*.txt, "
+                       f"log.shard-K-of-{rank_shard.count}.jsonl, merged summary.csv)")
+        return
     click.echo(stage_table(results))
     if shard and shard.count > 1:
         click.echo(f"shard {shard}: results in {out} (results/*.txt, log{shard.suffix}.jsonl, "

@@ -20,11 +20,11 @@ from maar_plugin.verification.network import ReluNetwork
 from maar_plugin.verification.onnx_loader import load_onnx_network
 from maar_plugin.verification.report import instance_table, stage_table
 from maar_plugin.verification.result import BOUND_STAGES, STAGES, InstanceResult, certified_by
-from maar_plugin.verification.shard import Shard, parse_shard, rank_device, shard_from_env
+from maar_plugin.verification.shard import Shard, parse_shard, rank_device, shard_from_env, wait_for_all_ranks
 
 __all__ = [
     "AbcrownJob", "BOUND_STAGES", "Instance", "InstanceResult", "ModelCache", "ReluNetwork", "STAGES", "Shard",
     "VerifyOptions", "certified_by", "instance_table", "load_onnx_network", "merge_summaries", "parse_shard",
     "rank_device", "read_abcrown_config", "read_instances_csv", "read_log", "shard_from_env", "stage_table",
-    "verify_in_processes", "verify_instance", "verify_instances",
+    "verify_in_processes", "verify_instance", "verify_instances", "wait_for_all_ranks",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Mapping, Sequence, TypeVar
 
 from maar_plugin.errors import MaarError
@@ -76,6 +77,21 @@ def rank_device(device: str, environ: Mapping[str, str] = os.environ) -> str:
     if not local_rank.isdigit():
         raise MaarError(f"LOCAL_RANK={local_rank!r} must be a non-negative integer")
     return f"cuda:{local_rank}"
+
+
+def wait_for_all_ranks(environ: Mapping[str, str] = os.environ) -> bool:
+    """Under torchrun, block until every rank gets here (a gloo barrier, so rank 0 can merge the shards);
+    False, at once, where there is no torchrun rendezvous (``MASTER_ADDR`` unset)."""
+    if "MASTER_ADDR" not in environ:
+        return False
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=timedelta(days=7))  # ranks may finish their shares hours apart
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return True
 
 
 def shard_of_stem(stem: str) -> Shard | None:
