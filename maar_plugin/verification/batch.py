@@ -180,7 +180,8 @@ def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path,
 def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: int, resume: bool = False,
                         options: VerifyOptions | None = None, progress: bool = True) -> list[InstanceResult]:
     """verify_instances over ``jobs`` local worker processes, one shard each with an equal share of the
-    CPU threads; returns the folder's merged results (csv order) and writes the merged summary.csv."""
+    CPU threads (no progress bars); returns the instances' merged results in csv order and writes the
+    merged summary.csv."""
     if jobs < 1:
         raise MaarError(f"--jobs must be at least 1, got {jobs}")
     if jobs == 1:
@@ -195,7 +196,8 @@ def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: in
         for future in futures:
             future.result()
     merge_summaries(out_dir)
-    return read_log(out_dir)
+    logged = {result.instance: result for result in read_log(out_dir)}
+    return [logged[name] for name in instance_names(instances)]
 
 
 def _verify_shard(instances: list[Instance], out_dir: str | Path, resume: bool, options: VerifyOptions | None,
