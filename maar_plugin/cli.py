@@ -166,8 +166,6 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     else:
         instances, default_out = [Instance(Path(onnx_path), Path(vnnlib_path))], None
     options = replace(options, **{key: value for key, value in flags.items() if value is not None})
-    if rank_shard:
-        options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
     if default_out is None and out_dir is None:
         result = verify_instance(onnx_path, vnnlib_path, options=options)
         click.echo(instance_table([result]))
@@ -175,6 +173,8 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
             click.echo(result.vnncomp_text(), nl=False)
         return
     out = Path(out_dir) if out_dir else default_out
+    if rank_shard:
+        options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
     progress = not no_progress and not (rank_shard and rank_shard.index > 0)
     results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard)
     if rank_shard and wait_for_all_ranks():  # torchrun: rank 0 alone merges the shards and prints
