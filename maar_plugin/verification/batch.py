@@ -190,14 +190,17 @@ def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: in
     if not resume:
         for shard in shards:
             _refuse_earlier_results(Path(out_dir), shard)
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_verify_shard, instances, out_dir, resume, options, shard, threads) for shard in shards]
-        for future in futures:
-            future.result()
+    names = instance_names(instances)
+    if not (resume and set(names) <= {result.instance for result in read_log(out_dir)}):
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_verify_shard, instances, out_dir, resume, options, shard, threads)
+                       for shard in shards]
+            for future in futures:
+                future.result()
     merge_summaries(out_dir)
     logged = {result.instance: result for result in read_log(out_dir)}
-    return [logged[name] for name in instance_names(instances)]
+    return [logged[name] for name in names]
 
 
 def _verify_shard(instances: list[Instance], out_dir: str | Path, resume: bool, options: VerifyOptions | None,
