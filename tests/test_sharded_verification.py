@@ -78,7 +78,8 @@ def test_two_shards_merge_to_the_unsharded_summary(benchmark, tmp_path):
         result = verify(benchmark, out, "--shard", shard)
         assert result.exit_code == 0 and f"log.shard-{shard[0]}-of-2.jsonl" in result.output, result.output
     assert not (out / "log.jsonl").exists()
-    assert [json.loads(line)["index"] for line in (out / "log.shard-0-of-2.jsonl").read_text().splitlines()] == [0, 2, 4]
+    shard_0 = (out / "log.shard-0-of-2.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in shard_0] == [0, 2, 4]
     assert len(verdict_rows(out / "summary.shard-1-of-2.csv")) == 2
     assert sorted(path.name for path in (out / "results").iterdir()) == sorted(
         path.name for path in (tmp_path / "whole" / "results").iterdir())
