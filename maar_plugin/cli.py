@@ -128,10 +128,15 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--pgd-steps", type=int, help="PGD steps per restart  [default: 50]")
 @click.option("--pgd-restarts", type=int, help="PGD restarts  [default: 5]")
 @click.option("--alpha-iterations", type=int, help="alpha-CROWN optimisation steps  [default: 20]")
+@click.option("--memory-limit", type=float, help="GB a network may need (larger ones are an error)  [default: 4]")
+@click.option("--milp-max-unstable", type=int,
+              help="the MILP decides instances with at most this many unstable ReLUs, branch and bound the others  "
+                   "[default: 40]")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
            out_dir: str | None, resume: bool, shard_text: str | None, no_progress: bool, **flags) -> None:
-    """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, LP, then an exact MILP."""
+    """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, then branch and bound (or the
+    LP and an exact MILP on small networks). A single instance whose verdict is `error` exits with status 1."""
     from dataclasses import replace
     from pathlib import Path
 
@@ -165,12 +170,16 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         default_out = Path("results") / Path(instances_csv).resolve().parent.name
     else:
         instances, default_out = [Instance(Path(onnx_path), Path(vnnlib_path))], None
+    if flags.get("memory_limit") is not None:
+        flags["memory_limit"] = flags["memory_limit"] * 1e9
     options = replace(options, **{key: value for key, value in flags.items() if value is not None})
     if default_out is None and out_dir is None:
         result = verify_instance(onnx_path, vnnlib_path, options=options)
         click.echo(instance_table([result]))
         if result.verdict == "sat":
             click.echo(result.vnncomp_text(), nl=False)
+        if result.verdict == "error":
+            raise MaarError(result.message)
         return
     out = Path(out_dir) if out_dir else default_out
     if rank_shard:

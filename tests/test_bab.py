@@ -15,22 +15,6 @@ from maar_plugin.verification.network import AffineLayer, ReluNetwork
 from maar_plugin.verification.split_bounds import SplitBoundEngine
 
 
-def chain_graph(network: ReluNetwork) -> LayerGraph:
-    """The ReluNetwork as a LayerGraph of Linear and ReLU nodes."""
-    nodes, layers = [GraphNode("x", (), (network.num_inputs,), None)], []
-    for index, layer in enumerate(network.layers):
-        linear = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
-        with torch.no_grad():
-            linear.weight.copy_(torch.tensor(layer.weight))
-            linear.bias.copy_(torch.tensor(layer.bias))
-        layers.append(linear)
-        nodes.append(GraphNode(f"fc{index}", (len(nodes) - 1,), (layer.weight.shape[0],), len(layers) - 1))
-        if index < len(network.layers) - 1:
-            layers.append(nn.ReLU())
-            nodes.append(GraphNode(f"relu{index}", (len(nodes) - 1,), (layer.weight.shape[0],), len(layers) - 1))
-    return LayerGraph(nodes, layers, (1, network.num_inputs))
-
-
 def residual_conv_graph(seed: int) -> LayerGraph:
     torch.manual_seed(seed)
     nodes = [GraphNode("x", (), (1, 6, 6), None), GraphNode("c1", (0,), (3, 6, 6), 0), GraphNode("r1", (1,), (3, 6, 6), 1),
@@ -100,7 +84,7 @@ def test_verdicts_equal_the_milp_reference(seeds):
     for seed in seeds:
         network, lower, upper, C, d = random_problem(seed)
         expected = milp_verdict(network, lower, upper, C, d)
-        engine = SplitBoundEngine(chain_graph(network))
+        engine = SplitBoundEngine(network.to_graph())
         box_lower = torch.tensor(lower, dtype=torch.float32)
         box_upper = torch.tensor(upper, dtype=torch.float32)
         root = engine.intermediate_bounds(box_lower[None], box_upper[None])

@@ -15,7 +15,7 @@ from maar_plugin.training.loop import train
 
 COUNT = 6
 EPS = 0.005  # small enough for the bound stages to prove most of these instances quickly
-TIMEOUT = 5
+TIMEOUT = 20
 
 
 @pytest.fixture(scope="module")

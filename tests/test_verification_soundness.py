@@ -302,7 +302,7 @@ def test_milp_alone_matches_reference_with_loose_and_tight_bounds():
         upper = lower + rng.uniform(0.05, 0.6, size=3)
         C, d = rng.normal(size=(2, 3)), np.zeros(2)
         minimum = reference_min_all_binary(model, lower, upper, C, d)
-        lirpa = LirpaBoundStages(network)
+        lirpa = LirpaBoundStages(network.to_graph())
         lirpa.spec_lower_bounds(lower, upper, C, "CROWN")
         for bounds in (interval_preactivation_bounds(network, lower, upper),
                        interval_preactivation_bounds(network, lower, upper, lirpa.preactivation_bounds())):
@@ -325,7 +325,7 @@ def test_bound_stages_contain_sampled_values(method):
     lower = rng.uniform(-1, 0, size=4)
     upper = lower + 0.4
     C = rng.normal(size=(3, 3))
-    stages = LirpaBoundStages(network, alpha_iterations=5)
+    stages = LirpaBoundStages(network.to_graph(), alpha_iterations=5)
     spec_lower = stages.spec_lower_bounds(lower, upper, C, method)
     pre_bounds = stages.preactivation_bounds()
     samples = rng.uniform(lower, upper, size=(3000, 4))
@@ -376,7 +376,7 @@ def test_lp_relaxation_bound_is_sound_and_beats_intervals():
         upper = lower + rng.uniform(0.1, 0.8, size=3)
         C, d = rng.normal(size=(int(rng.integers(1, 4)), 3)), rng.normal(size=1) * np.ones(1)
         d = np.resize(d, C.shape[0])
-        lirpa = LirpaBoundStages(network)
+        lirpa = LirpaBoundStages(network.to_graph())
         lirpa.spec_lower_bounds(lower, upper, C, "CROWN")
         exact = reference_min_all_binary(model, lower, upper, C, d)
         for bounds in (interval_preactivation_bounds(network, lower, upper),

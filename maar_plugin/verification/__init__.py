@@ -17,7 +17,7 @@ from maar_plugin.verification.batch import (Instance, merge_summaries, read_inst
                                            verify_in_processes, verify_instances)
 from maar_plugin.verification.cascade import ModelCache, VerifyOptions, verify_instance
 from maar_plugin.verification.network import ReluNetwork
-from maar_plugin.verification.onnx_loader import load_onnx_network
+from maar_plugin.verification.dense import load_onnx_network
 from maar_plugin.verification.report import instance_table, stage_table
 from maar_plugin.verification.result import BOUND_STAGES, STAGES, InstanceResult, certified_by
 from maar_plugin.verification.shard import Shard, parse_shard, rank_device, shard_from_env, wait_for_all_ranks

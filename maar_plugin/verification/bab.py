@@ -30,7 +30,9 @@ FLOAT32_ALLOWANCE = 1e-6  # times the bound's term magnitude: rounding of a floa
 
 @dataclass(frozen=True)
 class BabOptions:
-    """``batch_size`` domains are split per iteration (2·batch_size children bounded at once)."""
+    """``batch_size`` domains are split per iteration (2·batch_size children bounded at once); a network
+    with at most ``input_split_max_inputs`` inputs is split on its input box instead
+    (:mod:`~maar_plugin.verification.input_split`)."""
 
     batch_size: int = 64
     iterations: int = 8
@@ -39,6 +41,7 @@ class BabOptions:
     lr_beta: float = 0.05
     memory_limit: float = 2.0e9
     attack_every: int = 10
+    input_split_max_inputs: int = 16
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Bounds on specification rows and on every ReLU input: auto_LiRPA (float32) and plain intervals (float64).
 
-auto_LiRPA's bounds feed the IBP / CROWN / alpha-CROWN stages; its per-ReLU pre-activation bounds,
-widened by a float32 safety pad and intersected with float64 interval bounds, give the big-M constants
-of the MILP. The pad makes the MILP's ``stable`` decisions robust to float32 rounding in auto_LiRPA.
+auto_LiRPA bounds the LayerGraph itself (convolutions in patches mode) for the IBP / CROWN /
+alpha-CROWN stages; its per-ReLU pre-activation bounds, widened by a float32 safety pad, are the root
+bounds of branch and bound and (intersected with float64 interval bounds) the big-M constants of the
+MILP. The pad makes decisions about stable ReLUs robust to float32 rounding in auto_LiRPA.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from auto_LiRPA.operators import BoundRelu
 
 from maar_plugin.errors import MaarError
+from maar_plugin.verification.graph import LayerGraph
 from maar_plugin.verification.network import ReluNetwork
 
 LIRPA_METHODS = {"IBP": "IBP", "CROWN": "backward", "alpha-CROWN": "CROWN-Optimized"}
@@ -30,17 +32,22 @@ Bounds = list[tuple[np.ndarray, np.ndarray]]
 class LirpaBoundStages:
     """One BoundedModule per network, reused for every instance and bound method."""
 
-    def __init__(self, network: ReluNetwork, device: str = "cpu", alpha_iterations: int = 20) -> None:
-        self.network = network
+    def __init__(self, graph: LayerGraph, device: str = "cpu", alpha_iterations: int = 20) -> None:
+        self.graph = graph
         self.device = torch.device(device)
-        self.model = network.to_torch().to(self.device)
-        example = torch.zeros(1, network.num_inputs, device=self.device)
-        self.bounded = BoundedModule(self.model, example, device=self.device,
-                                     bound_opts={"optimize_bound_args": {"iteration": alpha_iterations},
-                                                 "sparse_features_alpha": False})
+        self.model = graph.to(self.device)
+        example = torch.zeros(1, *graph.example_shape, device=self.device)
+        try:
+            self.bounded = BoundedModule(self.model, example, device=self.device,
+                                         bound_opts={"optimize_bound_args": {"iteration": alpha_iterations},
+                                                     "sparse_features_alpha": False})
+        except Exception as error:  # auto_LiRPA's tracer raises many kinds
+            raise MaarError(f"auto_LiRPA cannot trace the network ({type(error).__name__}: "
+                            f"{str(error).splitlines()[0] if str(error) else ''})") from None
         self.relus = [node for node in self.bounded._modules.values() if isinstance(node, BoundRelu)]
-        if len(self.relus) != len(network.hidden_sizes):
-            raise MaarError(f"auto_LiRPA sees {len(self.relus)} ReLUs, the network has {len(network.hidden_sizes)}")
+        shapes = [graph.nodes[index].shape for index in graph.relu_indices()]
+        if [tuple(relu.output_shape[1:]) for relu in self.relus] != shapes:
+            raise MaarError(f"auto_LiRPA sees {len(self.relus)} ReLUs that do not match the network's {len(shapes)}")
 
     def spec_lower_bounds(self, lower: np.ndarray, upper: np.ndarray, spec: np.ndarray, method: str,
                           intermediate: dict[str, list[torch.Tensor]] | None = None) -> np.ndarray:
@@ -50,14 +57,26 @@ class LirpaBoundStages:
         ReLU input bounds, so alpha-CROWN optimises only the final layer: on MNIST conv nets that is
         ~20x faster than letting auto_LiRPA 0.3 re-optimise every intermediate layer.
         """
-        x_lower = torch.as_tensor(lower, dtype=torch.float32, device=self.device).reshape(1, -1)
-        x_upper = torch.as_tensor(upper, dtype=torch.float32, device=self.device).reshape(1, -1)
+        shape = (1, *self.graph.example_shape)
+        x_lower = torch.as_tensor(outward(lower, -1), device=self.device).reshape(shape)
+        x_upper = torch.as_tensor(outward(upper, 1), device=self.device).reshape(shape)
         perturbation = PerturbationLpNorm(norm=np.inf, x_L=x_lower, x_U=x_upper)
         x = BoundedTensor((x_lower + x_upper) / 2, perturbation)
         C = torch.as_tensor(spec, dtype=torch.float32, device=self.device).unsqueeze(0)
         given = {_INTERMEDIATE_KEYWORD: intermediate} if intermediate is not None else {}
         lb, _ = self.bounded.compute_bounds(x=(x,), C=C, method=LIRPA_METHODS[method], bound_upper=False, **given)
         return lb.detach().double().cpu().numpy().reshape(-1)
+
+    def box_lower_bounds(self, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,
+                         method: str = "CROWN") -> torch.Tensor:
+        """Lower bounds [B, R] of ``C[b] @ f(x)`` over each of B boxes at once (float32 ``lower``/``upper``
+        [B, n], ``C`` [B, R, outputs]); the boxes' intermediate bounds are computed afresh."""
+        shape = (lower.shape[0], *self.graph.example_shape)
+        x_lower, x_upper = lower.to(self.device).reshape(shape), upper.to(self.device).reshape(shape)
+        x = BoundedTensor((x_lower + x_upper) / 2, PerturbationLpNorm(norm=np.inf, x_L=x_lower, x_U=x_upper))
+        lb, _ = self.bounded.compute_bounds(x=(x,), C=C.to(self.device, torch.float32), method=LIRPA_METHODS[method],
+                                            bound_upper=False)
+        return lb.detach()
 
     def intermediate_bounds(self) -> dict[str, list[torch.Tensor]]:
         """The ReLU input bounds of the last compute_bounds, keyed by node name, to pass back later."""
@@ -73,6 +92,15 @@ class LirpaBoundStages:
             up = node.upper.detach().double().cpu().numpy().reshape(-1)
             bounds.append((low - FLOAT32_PAD * (1 + np.abs(low)), up + FLOAT32_PAD * (1 + np.abs(up))))
         return bounds
+
+
+def outward(values: np.ndarray, direction: int) -> np.ndarray:
+    """``values`` in float32, rounded down (direction −1) or up (+1), so that a float32 box contains the
+    float64 one."""
+    rounded = np.asarray(values, dtype=np.float64).astype(np.float32)
+    towards = np.float32(np.inf if direction > 0 else -np.inf)
+    off = rounded > values if direction < 0 else rounded < values
+    return np.where(off, np.nextafter(rounded, towards), rounded)
 
 
 def interval_preactivation_bounds(network: ReluNetwork, lower: np.ndarray, upper: np.ndarray,

@@ -1,18 +1,27 @@
 """The verification cascade for one instance, cheapest stage first.
 
-centre point → IBP → PGD → CROWN → alpha-CROWN → LP → MILP. Attacks look for a counterexample, which
-only counts once onnxruntime reproduces it on the original ONNX file, and aim at the disjuncts still
-open (IBP, ten times cheaper than PGD, goes first and refutes most); bound stages refute disjuncts (a
-disjunct ``C y <= d`` is empty when some row has lower bound of ``C_r y - d_r`` above a float32
-tolerance). The LP stage bounds each open disjunct by its LP relaxation and starts a targeted PGD at
-the LP's minimiser; the MILP decides the disjuncts that are left, exactly, likeliest violation first,
-with big-M constants from the tightest pre-activation bounds seen so far. A property is unsat iff
-every disjunct of every input box is refuted, sat iff some point violates it.
+centre point → IBP → PGD → CROWN → alpha-CROWN → BaB → LP → MILP. Attacks look for a counterexample,
+which only counts once onnxruntime reproduces it on the original ONNX file, and aim at the disjuncts
+still open (IBP, ten times cheaper than PGD, goes first and refutes most); bound stages refute
+disjuncts (a disjunct ``C y <= d`` is empty when some row has lower bound of ``C_r y - d_r`` above a
+float32 tolerance). Then one complete stage decides what is left:
+
+- ``BaB``, batched branch and bound on ReLU splits (:mod:`~maar_plugin.verification.bab`), from the
+  bound stages' pre-activation bounds, or on the input box for networks with few inputs
+  (:mod:`~maar_plugin.verification.input_split`); for every network that has more than
+  ``milp_max_unstable`` unstable ReLUs or no dense form (residual connections, MaxPool, large
+  convolutions);
+- otherwise, and where branch and bound gives up (``unknown``) on a network with a dense form, the LP
+  stage bounds each open disjunct by its LP relaxation and starts a targeted PGD at the LP's
+  minimiser, and the MILP decides the disjuncts that are left, exactly, likeliest violation first,
+  with big-M constants from the tightest pre-activation bounds seen so far.
+
+A property is unsat iff every disjunct of every input box is refuted, sat iff some point violates it.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +29,19 @@ import torch
 
 from maar_plugin.attacks import pgd_maximize
 from maar_plugin.errors import MaarError
-from maar_plugin.verification.bounds import Bounds, LirpaBoundStages, count_unstable, interval_preactivation_bounds
+from maar_plugin.verification.bab import BabOptions, BabProblem, BranchAndBound
+from maar_plugin.verification.bounds import (Bounds, LirpaBoundStages, count_unstable, interval_preactivation_bounds,
+                                             outward)
 from maar_plugin.verification.counterexample import OnnxRuntimeModel, confirmed_counterexample
 from maar_plugin.verification.lp_bounds import disjunct_relaxation, solve_relaxation
 from maar_plugin.verification.milp import MilpOutcome, solve_disjunct
+from maar_plugin.verification.dense import dense_network
+from maar_plugin.verification.graph import LayerGraph
+from maar_plugin.verification.input_split import InputSplitSearch
+from maar_plugin.verification.memory import estimated_memory
 from maar_plugin.verification.network import ReluNetwork
-from maar_plugin.verification.onnx_loader import load_onnx_network
+from maar_plugin.verification.onnx_graph import load_onnx_graph
+from maar_plugin.verification.split_bounds import SplitBoundEngine
 from maar_plugin.verification.result import BOUND_STAGES, STAGES, InstanceResult
 from maar_plugin.vnnlib.property import VnnlibProperty
 from maar_plugin.vnnlib.reader import read_vnnlib_cases
@@ -38,6 +54,9 @@ class VerifyOptions:
     A row ``C_r y <= d_r`` counts as refuted only when its proven lower bound of ``C_r y - d_r`` exceeds
     ``tolerance * (1 + |d_r|)``: a margin for float32 rounding in the ONNX model and in auto_LiRPA, so
     that a violation smaller than that is never hidden behind an ``unsat`` (it yields ``unknown``).
+    The MILP decides instances with at most ``milp_max_unstable`` unstable ReLUs, branch and bound the
+    others; ``memory_limit`` (bytes) bounds a model's estimated working memory (larger models are an
+    ``error``) and the branch-and-bound domain store.
     """
 
     timeout: float = 60.0
@@ -48,24 +67,37 @@ class VerifyOptions:
     tolerance: float = 1e-5
     milp_retry_margin: float = 1e-4
     seed: int = 0
+    milp_max_unstable: int = 40
+    memory_limit: float = 4.0e9
+    bab: BabOptions = field(default_factory=BabOptions)
 
 
 @dataclass
 class LoadedModel:
-    """One ONNX file in the three forms the cascade needs."""
+    """One ONNX file in the forms the cascade needs: the layer graph (auto_LiRPA, PGD, branch and bound),
+    its dense form where it has one (LP, MILP) and onnxruntime's session (counterexamples)."""
 
-    network: ReluNetwork
+    graph: LayerGraph
+    network: ReluNetwork | None
     bound_stages: LirpaBoundStages
     runtime: OnnxRuntimeModel
+    split_engine: SplitBoundEngine | None = None
+
+    def engine(self) -> SplitBoundEngine:
+        if self.split_engine is None:
+            self.split_engine = SplitBoundEngine(self.graph, device=self.bound_stages.device)
+        return self.split_engine
 
 
 @dataclass
 class ModelCache:
-    """Loaded models by path and modification time, shared by the instances of one run."""
+    """Loaded models by path and modification time, shared by the instances of one run; a model that
+    failed to load fails again at once, with the same message."""
 
     device: str = "cpu"
     alpha_iterations: int = 20
-    models: dict[tuple[str, float], LoadedModel] = field(default_factory=dict)
+    memory_limit: float = 4.0e9
+    models: dict[tuple[str, float], LoadedModel | MaarError] = field(default_factory=dict)
 
     def get(self, path: str | Path) -> LoadedModel:
         if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
@@ -73,11 +105,24 @@ class ModelCache:
         path = Path(path).resolve()
         key = (str(path), path.stat().st_mtime if path.exists() else 0.0)
         if key not in self.models:
-            network = load_onnx_network(path)
-            runtime = OnnxRuntimeModel(path)
-            self.models[key] = LoadedModel(network, LirpaBoundStages(network, self.device, self.alpha_iterations),
-                                           runtime)
-        return self.models[key]
+            try:
+                self.models[key] = self.load(path)
+            except MaarError as error:
+                self.models[key] = error
+        loaded = self.models[key]
+        if isinstance(loaded, MaarError):
+            raise loaded
+        return loaded
+
+    def load(self, path: Path) -> LoadedModel:
+        graph = load_onnx_graph(path)
+        needed = estimated_memory(graph)
+        if needed > self.memory_limit:
+            raise MaarError(f"{path}: verifying this network needs about {needed / 1e9:.1f} GB, over the memory "
+                            f"limit of {self.memory_limit / 1e9:.1f} GB (--memory-limit)")
+        runtime = OnnxRuntimeModel(path)
+        stages = LirpaBoundStages(graph, self.device, self.alpha_iterations)
+        return LoadedModel(graph, dense_network(graph), stages, runtime)
 
 
 @dataclass
@@ -89,6 +134,7 @@ class _Case:
     undecided: list[str] = field(default_factory=list)
     preactivation: Bounds | None = None
     crown_intermediate: dict | None = None
+    bab_note: str = ""
     relaxation_bounds: dict[int, float] = field(default_factory=dict)
     counterexample: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -134,6 +180,14 @@ class Cascade:
         elif stage in BOUND_STAGES:
             for case in self.open_cases():
                 self.bound(case, stage)
+        elif stage == "BaB":
+            for case in self.open_cases():
+                if self.uses_branch_and_bound(case):
+                    self.branch(case)
+                if case.counterexample is not None:
+                    return
+        elif self.model.network is None:
+            return
         elif stage == "LP":
             for case in self.open_cases():
                 self.relax(case)
@@ -176,17 +230,69 @@ class Cascade:
         rows, offsets, owners = _stacked_rows(case.prop, open_disjuncts)
         stages = self.model.bound_stages
         intermediate = case.crown_intermediate if method == "alpha-CROWN" else None
-        margins = stages.spec_lower_bounds(case.prop.input_lower, case.prop.input_upper, rows, method,
-                                           intermediate) - offsets
+        try:
+            margins = stages.spec_lower_bounds(case.prop.input_lower, case.prop.input_upper, rows, method,
+                                               intermediate) - offsets
+        except (RuntimeError, ValueError, AssertionError, IndexError) as error:   # auto_LiRPA internals
+            case.undecided.append(f"auto_LiRPA's {method} failed on this network ({type(error).__name__})")
+            return
         if method == "CROWN":
             case.crown_intermediate = stages.intermediate_bounds()
         thresholds = self.options.tolerance * (1 + np.abs(offsets))
         for disjunct in open_disjuncts:
             if np.any((margins > thresholds)[owners == disjunct]):
                 case.refuted[disjunct] = True
-        case.preactivation = interval_preactivation_bounds(
-            self.model.network, case.prop.input_lower, case.prop.input_upper,
-            _intersect(case.preactivation, stages.preactivation_bounds()))
+        known = _intersect(case.preactivation, stages.preactivation_bounds())
+        case.preactivation = known if self.model.network is None else interval_preactivation_bounds(
+            self.model.network, case.prop.input_lower, case.prop.input_upper, known)
+
+    def uses_branch_and_bound(self, case: _Case) -> bool:
+        """Branch and bound unless the MILP is the cheaper exact stage (a dense form, few unstable ReLUs)."""
+        if self.model.network is None:
+            return True
+        return count_unstable(self.preactivation(case)) > self.options.milp_max_unstable
+
+    def branch(self, case: _Case) -> None:
+        """Batched branch and bound over the case's open disjuncts, from its pre-activation bounds."""
+        open_disjuncts = case.open_disjuncts()
+        rows = max(len(case.prop.unsafe[j].bounds) for j in open_disjuncts)
+
+        def padded(values: np.ndarray) -> np.ndarray:          # repeat the first row up to ``rows``
+            return np.concatenate([values, np.repeat(values[:1], rows - len(values), axis=0)])
+
+        C = np.stack([padded(case.prop.unsafe[j].coefficients) for j in open_disjuncts])
+        offsets = np.stack([padded(case.prop.unsafe[j].bounds) for j in open_disjuncts])
+        thresholds = np.stack([np.full(rows, self.tolerance(j, case)) for j in open_disjuncts])
+        graph = self.model.graph
+        relu_bounds = {relu: tuple(torch.as_tensor(bound, dtype=torch.float32).reshape(graph.nodes[relu].shape)
+                                   for bound in pair)
+                       for relu, pair in zip(graph.relu_indices(), self.preactivation(case))}
+        problem = BabProblem(torch.as_tensor(C, dtype=torch.float32), torch.as_tensor(offsets, dtype=torch.float32),
+                             torch.as_tensor(thresholds, dtype=torch.float32),
+                             torch.as_tensor(outward(case.prop.input_lower, -1)),
+                             torch.as_tensor(outward(case.prop.input_upper, 1)), relu_bounds)
+
+        def confirm(points: torch.Tensor) -> torch.Tensor | None:
+            for point in points:
+                if self.try_counterexample(case, point.double().cpu().numpy()):
+                    return point
+            return None
+
+        def attack(points: torch.Tensor) -> torch.Tensor | None:
+            return points[0] if self.attack(case, start=points[0], steps=20, restarts=1) else None
+
+        options = replace(self.options.bab, memory_limit=self.options.memory_limit / 2)
+        if graph.num_inputs <= options.input_split_max_inputs:
+            search = InputSplitSearch(self.model.bound_stages, problem, options, confirm)
+        else:
+            search = BranchAndBound(self.model.engine(), problem, options, confirm, attack)
+        outcome = search.run(self.deadline)
+        if outcome.status == "proved":
+            case.refuted[open_disjuncts] = True
+        elif outcome.status == "timeout":
+            raise _OutOfTime
+        elif outcome.status == "unknown":
+            case.bab_note = f"branch and bound: {outcome.message}"
 
     def relax(self, case: _Case) -> None:
         """Refute each open disjunct whose LP relaxation's sound bound clears the tolerance; otherwise try the
@@ -209,6 +315,8 @@ class Cascade:
 
     def preactivation(self, case: _Case) -> Bounds:
         """The case's ReLU input bounds, plain intervals if no bound stage has run."""
+        if case.preactivation is None and self.model.network is None:
+            self.bound(case, "IBP")
         if case.preactivation is None:
             case.preactivation = interval_preactivation_bounds(self.model.network, case.prop.input_lower,
                                                                case.prop.input_upper)
@@ -283,14 +391,14 @@ def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: flo
                     instance: str | None = None) -> InstanceResult:
     """Verify one VNN-LIB property of one ONNX network; bad input gives verdict ``error``, never an exception."""
     options = options or VerifyOptions()
-    cache = cache or ModelCache(options.device, options.alpha_iterations)
+    cache = cache or ModelCache(options.device, options.alpha_iterations, options.memory_limit)
     timeout = options.timeout if timeout is None else float(timeout)
     started = time.monotonic()
     result = InstanceResult(instance or f"{Path(onnx_path).stem}__{Path(vnnlib_path).stem}",
                             str(onnx_path), str(vnnlib_path), verdict="unknown")
     try:
         model = cache.get(onnx_path)
-        cases = read_vnnlib_cases(vnnlib_path, model.network.num_inputs, model.network.num_outputs)
+        cases = read_vnnlib_cases(vnnlib_path, model.graph.num_inputs, model.graph.num_outputs)
     except MaarError as error:
         result.verdict, result.message = "error", str(error)
         result.seconds = time.monotonic() - started
@@ -319,6 +427,9 @@ def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: flo
     result.verdict = verdict
     result.unstable_relus = cascade.unstable_relus()
     result.counterexample = next((c.counterexample for c in cascade.cases if c.counterexample is not None), None)
-    result.message = "; ".join(note for case in cascade.cases for note in case.undecided)
+    notes = [note for case in cascade.cases for note in case.undecided]
+    if verdict not in ("sat", "unsat"):
+        notes += [case.bab_note for case in cascade.cases if case.bab_note]
+    result.message = "; ".join(notes)
     result.seconds = round(time.monotonic() - started, 4)
     return result

@@ -8,10 +8,12 @@ branch-and-bound bound engine, so every stage sees one network.
 
 Modules a node may hold (the converter emits nothing else):
 
-- affine in one input: ``nn.Linear``, ``nn.Conv2d`` (BatchNorm and zero Pad folded in),
-  ``nn.AvgPool2d``, :class:`Reshape`, :class:`Transpose`, :class:`ElementwiseAffine`;
+- affine in one input: ``nn.Linear``, ``nn.Conv2d`` (BatchNorm, constant shifts and zero Pad folded
+  in), ``nn.AvgPool2d``, :class:`Reshape`, :class:`Transpose`, :class:`ElementwiseAffine`;
 - affine in two inputs: :class:`Add`, :class:`Sub` (residual connections);
-- piecewise linear: ``nn.ReLU``, ``nn.MaxPool2d``.
+- piecewise linear: ``nn.ReLU`` only. A MaxPool is rewritten exactly into one-hot convolutions and
+  ``max(a, b) = a + relu(b − a)`` (see :mod:`maar_plugin.verification.onnx_graph`), so every bound
+  method and the branch-and-bound split only ReLUs.
 """
 from __future__ import annotations
 
@@ -46,16 +48,18 @@ class Transpose(nn.Module):
 
 
 class ElementwiseAffine(nn.Module):
-    """``x * scale + shift`` with constants broadcast over the example (Add/Sub/Mul/Div/Neg by
-    constants, a BatchNormalization that follows no convolution)."""
+    """``x * scale (+ shift)`` with constants of the example's shape (Add/Sub/Mul/Div/Neg by constants, a
+    BatchNormalization). The converter folds the shift into a neighbouring Linear or Conv2d wherever it
+    can: auto_LiRPA 0.3 cannot bound the sum of a computed tensor and a constant one."""
 
-    def __init__(self, scale: Tensor, shift: Tensor) -> None:
+    def __init__(self, scale: Tensor, shift: Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("scale", scale.detach().clone())
-        self.register_buffer("shift", shift.detach().clone())
+        self.register_buffer("shift", None if shift is None else shift.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.scale + self.shift
+        scaled = x * self.scale
+        return scaled if self.shift is None else scaled + self.shift
 
 
 class Add(nn.Module):
@@ -73,7 +77,6 @@ class Sub(nn.Module):
 
 
 AFFINE_MODULES = (nn.Linear, nn.Conv2d, nn.AvgPool2d, Reshape, Transpose, ElementwiseAffine, Add, Sub)
-PIECEWISE_MODULES = (nn.ReLU, nn.MaxPool2d)
 
 
 @dataclass(frozen=True)
@@ -123,9 +126,6 @@ class LayerGraph(nn.Module):
         """Indices of the ReLU nodes, in topological order."""
         return [i for i in range(1, len(self.nodes)) if isinstance(self.module_of(i), nn.ReLU)]
 
-    def has_maxpool(self) -> bool:
-        return any(isinstance(layer, nn.MaxPool2d) for layer in self.layers)
-
     def node_values(self, x: Tensor) -> list[Tensor]:
         """The value of every node for inputs ``x`` [batch, *example_shape]."""
         values: list[Tensor] = [x]
@@ -134,5 +134,11 @@ class LayerGraph(nn.Module):
         return values
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x.reshape(-1, *self.example_shape)
-        return self.node_values(x)[-1].reshape(-1, self.num_outputs)
+        """Outputs [batch, num_outputs] of inputs [batch, *example_shape] or flat [batch, num_inputs].
+
+        The rank is checked in Python, so a trace (auto_LiRPA) of shaped inputs holds no reshape of the
+        input, which auto_LiRPA 0.3 cannot bound in patches mode."""
+        if x.dim() != len(self.example_shape) + 1:
+            x = x.reshape(-1, *self.example_shape)
+        output = self.node_values(x)[-1]
+        return output if output.dim() == 2 else output.reshape(-1, self.num_outputs)

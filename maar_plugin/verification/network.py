@@ -1,8 +1,8 @@
 """A feed-forward ReLU network as alternating dense affine maps and ReLUs, in float64.
 
 Every network the verifier accepts is reduced to this form: ``y = W_L relu(... relu(W_1 x + b_1) ...) + b_L``
-on the flattened input (C order, as VNN-LIB numbers ``X_i``). The same matrices feed auto_LiRPA (as an
-``nn.Sequential`` of ``Linear``/``ReLU``) and the MILP, so bounds and the exact stage see one network.
+on the flattened input (C order, as VNN-LIB numbers ``X_i``): the form the LP and MILP stages need
+(:mod:`maar_plugin.verification.dense` derives it from a LayerGraph that is a chain of layers).
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+from maar_plugin.verification.graph import GraphNode, LayerGraph
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,21 @@ class ReluNetwork:
         last = self.layers[-1]
         return x @ last.weight.T + last.bias
 
-    def to_torch(self, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-        """The network as ``nn.Sequential(Linear, ReLU, ..., Linear)`` on flat inputs, for auto_LiRPA and PGD."""
-        modules: list[nn.Module] = []
+    def to_graph(self) -> LayerGraph:
+        """The network as a LayerGraph of float32 ``Linear`` and ``ReLU`` nodes (for auto_LiRPA, PGD and
+        branch and bound)."""
+        nodes = [GraphNode("input", (), (self.num_inputs,), None)]
+        layers: list[nn.Module] = []
         for index, layer in enumerate(self.layers):
             linear = nn.Linear(layer.weight.shape[1], layer.weight.shape[0])
             with torch.no_grad():
-                linear.weight.copy_(torch.as_tensor(layer.weight, dtype=dtype))
-                linear.bias.copy_(torch.as_tensor(layer.bias, dtype=dtype))
-            modules.append(linear.to(dtype))
+                linear.weight.copy_(torch.as_tensor(layer.weight, dtype=torch.float32))
+                linear.bias.copy_(torch.as_tensor(layer.bias, dtype=torch.float32))
+            layers.append(linear)
+            nodes.append(GraphNode(f"linear{index}", (len(nodes) - 1,), (layer.weight.shape[0],), len(layers) - 1))
             if index < len(self.layers) - 1:
-                modules.append(nn.ReLU())
-        return nn.Sequential(*modules).eval()
+                layers.append(nn.ReLU())
+                nodes.append(GraphNode(f"relu{index}", (len(nodes) - 1,), (layer.weight.shape[0],), len(layers) - 1))
+        graph = LayerGraph(nodes, layers, (1, self.num_inputs)).eval()
+        graph.requires_grad_(False)
+        return graph

@@ -7,7 +7,7 @@ import numpy as np
 
 from maar_plugin.verification.counterexample import counterexample_text
 
-STAGES = ("centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "LP", "MILP")
+STAGES = ("centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "BaB", "LP", "MILP")
 BOUND_STAGES = ("IBP", "CROWN", "alpha-CROWN")
 VERDICTS = ("unsat", "sat", "unknown", "timeout", "error")
 

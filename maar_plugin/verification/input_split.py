@@ -1,0 +1,83 @@
+"""Branch and bound on the input box, for networks with few inputs (ACAS Xu-like).
+
+With a handful of inputs, halving the box is cheaper than splitting ReLUs: it shrinks every ReLU's
+input range at once, and auto_LiRPA bounds many boxes in one batched CROWN pass. Each iteration takes
+up to ``batch_size`` boxes, the newest first (depth first, so the queue stays short), each with the
+disjunct it must refute; bounds them; drops every box whose bound clears the tolerance; runs each kept
+box's centre through the network (a centre that violates its disjunct goes to ``confirm``); and halves
+each kept box along the input whose width times the sensitivity of the box's nearest-to-refuted row
+(|∂(C_r y)/∂x| at the centre) is largest.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from maar_plugin.verification.bab import BabOptions, BabOutcome, BabProblem
+from maar_plugin.verification.bounds import LirpaBoundStages
+
+
+class InputSplitSearch:
+    """One search over the box of one problem (its ``relu_bounds`` are not needed)."""
+
+    def __init__(self, stages: LirpaBoundStages, problem: BabProblem, options: BabOptions,
+                 confirm: Callable[[Tensor], Tensor | None]) -> None:
+        self.stages, self.options, self.confirm = stages, options, confirm
+        device = stages.device
+        self.C = problem.C.to(device, torch.float32)
+        self.offsets = problem.offsets.to(device, torch.float32)
+        self.thresholds = problem.thresholds.to(device, torch.float32)
+        self.lower = problem.lower.to(device, torch.float32).reshape(1, -1)
+        self.upper = problem.upper.to(device, torch.float32).reshape(1, -1)
+        inputs = self.lower.shape[1]
+        self.max_domains = max(1000, int(options.memory_limit // (4 * (2 * inputs + 2))))
+
+    def run(self, deadline: float) -> BabOutcome:
+        count = self.C.shape[0]
+        lower, upper = self.lower.repeat(count, 1), self.upper.repeat(count, 1)
+        disjunct = torch.arange(count, device=self.lower.device)
+        visited = iterations = 0
+        while disjunct.numel():
+            if time.monotonic() > deadline:
+                return BabOutcome("timeout", domains=visited, iterations=iterations,
+                                  message=f"{disjunct.numel()} input boxes open at the deadline")
+            if disjunct.numel() > self.max_domains:
+                return BabOutcome("unknown", domains=visited, iterations=iterations,
+                                  message=f"more than {self.max_domains} open input boxes (memory limit)")
+            take = min(self.options.batch_size * 4, disjunct.numel())
+            box_lower, box_upper, box_disjunct = lower[-take:], upper[-take:], disjunct[-take:]
+            lower, upper, disjunct = lower[:-take], upper[:-take], disjunct[:-take]
+            visited += take
+            iterations += 1
+            C = self.C[box_disjunct]
+            margin = self.stages.box_lower_bounds(box_lower, box_upper, C) \
+                - self.offsets[box_disjunct] - self.thresholds[box_disjunct]
+            keep = margin.max(dim=1).values <= 0
+            if not bool(keep.any()):
+                continue
+            box_lower, box_upper, box_disjunct, margin = box_lower[keep], box_upper[keep], box_disjunct[keep], margin[keep]
+            centre = ((box_lower + box_upper) / 2).requires_grad_(True)
+            with torch.enable_grad():
+                outputs = self.stages.model(centre)
+                values = torch.einsum("brk,bk->br", self.C[box_disjunct], outputs) - self.offsets[box_disjunct]
+                nearest = margin.argmax(dim=1, keepdim=True)
+                (gradient,) = torch.autograd.grad(values.gather(1, nearest).sum(), centre)
+            violating = (values.detach() <= 0).all(dim=1)
+            if bool(violating.any()):
+                found = self.confirm(centre.detach()[violating])
+                if found is not None:
+                    return BabOutcome("counterexample", found, domains=visited, iterations=iterations)
+            width = box_upper - box_lower
+            axis = (width * (gradient.abs() + 1e-12)).argmax(dim=1)
+            rows = torch.arange(axis.numel(), device=axis.device)
+            middle = centre.detach()[rows, axis]
+            left_upper, right_lower = box_upper.clone(), box_lower.clone()
+            left_upper[rows, axis], right_lower[rows, axis] = middle, middle
+            lower = torch.cat([lower, box_lower, right_lower])
+            upper = torch.cat([upper, left_upper, box_upper])
+            disjunct = torch.cat([disjunct, box_disjunct, box_disjunct])
+        return BabOutcome("proved", domains=visited, iterations=iterations)
+
