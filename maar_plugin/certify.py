@@ -10,7 +10,8 @@ from maar_plugin.atomic import atomic_write_text
 from maar_plugin.data import dataset_info, load_dataset
 from maar_plugin.errors import MaarError
 from maar_plugin.export import export_run, write_benchmark_files
-from maar_plugin.verification import InstanceResult, VerifyOptions, certified_by, read_instances_csv, verify_instances
+from maar_plugin.verification import (InstanceResult, VerifyOptions, certified_by, read_instances_csv,
+                                      verify_in_processes)
 from maar_plugin.vnnlib import write_robustness_vnnlib
 
 CERTIFICATE_NAME = "certified_accuracy.json"
@@ -92,11 +93,17 @@ def certify(
     resume: bool = False,
     options: VerifyOptions | None = None,
     progress: bool = True,
+    jobs: int = 1,
 ) -> CertifiedAccuracy:
     """Certify a training run (``maar export`` of it) or an ONNX classifier (with ``dataset``) on the
-    first ``count`` test images at ``eps``; everything is written under ``out_dir``, resumably."""
+    first ``count`` test images at ``eps``; everything is written under ``out_dir``, resumably.
+
+    ``jobs`` > 1 verifies in that many local processes, one shard of the instances each, and computes
+    the accuracies from their merged logs."""
     if not 0 < eps <= 1:
         raise MaarError(f"--eps must be in (0, 1], got {eps}")
+    if jobs < 1:
+        raise MaarError(f"--jobs must be at least 1, got {jobs}")
     source, out_dir = Path(source), Path(out_dir)
     name = source.stem if source.suffix == ".onnx" else source.name
     spec_dir = out_dir / "vnnlib_specs" / name
@@ -116,8 +123,8 @@ def certify(
         else:
             raise MaarError(f"{source} is neither a training run directory nor an .onnx file")
     options = options or VerifyOptions(timeout=timeout)
-    results = verify_instances(read_instances_csv(csv_path), out_dir / "verification", resume=resume,
-                               options=options, progress=progress)
+    results = verify_in_processes(read_instances_csv(csv_path), out_dir / "verification", jobs, resume=resume,
+                                  options=options, progress=progress)
     accuracy = accuracy_from_results(name, eps, results)
     atomic_write_text(out_dir / CERTIFICATE_NAME, json.dumps(asdict(accuracy), indent=2) + "\n")
     return accuracy

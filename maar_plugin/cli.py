@@ -120,6 +120,9 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="results folder (default for batches: results/<csv folder or config name>)")
 @click.option("--resume", is_flag=True, help="skip instances already in the log of --out")
+@click.option("--shard", "shard_text", metavar="K/N",
+              help="verify only shard K of N (K = 0..N-1): the instances i with i mod N = K, e.g. one SLURM "
+                   "array task; under torchrun each rank takes its shard from RANK/WORLD_SIZE")
 @click.option("--timeout", type=float, help="seconds per instance where the csv gives none  [default: 60]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="device of the bound stages  [default: cpu]")
 @click.option("--pgd-steps", type=int, help="PGD steps per restart  [default: 50]")
@@ -131,18 +134,27 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
                    "[default: 40]")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
-           out_dir: str | None, resume: bool, no_progress: bool, **flags) -> None:
+           out_dir: str | None, resume: bool, shard_text: str | None, no_progress: bool, **flags) -> None:
     """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, then branch and bound (or the
     LP and an exact MILP on small networks). A single instance whose verdict is `error` exits with status 1."""
     from dataclasses import replace
     from pathlib import Path
 
-    from maar_plugin.verification import (Instance, VerifyOptions, instance_table, read_abcrown_config,
-                                          read_instances_csv, stage_table, verify_instance, verify_instances)
+    from maar_plugin.verification import (Instance, VerifyOptions, instance_table, merge_summaries, parse_shard,
+                                          rank_device, read_abcrown_config, read_instances_csv, read_log,
+                                          shard_from_env, stage_table, verify_instance, verify_instances,
+                                          wait_for_all_ranks)
 
     sources = sum([bool(onnx_path or vnnlib_path), bool(instances_csv), bool(config_file)])
     if sources != 1 or bool(onnx_path) != bool(vnnlib_path):
         raise MaarError("give exactly one of: --onnx with --vnnlib, --instances CSV, --config YAML")
+    rank_shard = shard_from_env()
+    if shard_text and onnx_path:
+        raise MaarError("--shard splits a batch of instances: give --instances or --config")
+    if shard_text and rank_shard:
+        raise MaarError(f"--shard {shard_text} under torchrun (RANK/WORLD_SIZE set), which picks the shard itself: "
+                        "give one of them")
+    shard = parse_shard(shard_text) if shard_text else rank_shard
     options = VerifyOptions()
     if config_file:
         job = read_abcrown_config(config_file)
@@ -170,9 +182,23 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
             raise MaarError(result.message)
         return
     out = Path(out_dir) if out_dir else default_out
-    results = verify_instances(instances, out, resume=resume, options=options, progress=not no_progress)
+    if rank_shard:
+        options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
+    progress = not no_progress and not (rank_shard and rank_shard.index > 0)
+    results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard)
+    if rank_shard and wait_for_all_ranks():  # torchrun: rank 0 alone merges the shards and prints
+        if rank_shard.index == 0:
+            merge_summaries(out)
+            click.echo(stage_table(read_log(out)))
+            click.echo(f"results of {rank_shard.count} ranks in {out} (results/*.txt, "
+                       f"log.shard-K-of-{rank_shard.count}.jsonl, merged summary.csv)")
+        return
     click.echo(stage_table(results))
-    click.echo(f"results in {out} (results/*.txt, log.jsonl, summary.csv)")
+    if shard and shard.count > 1:
+        click.echo(f"shard {shard}: results in {out} (results/*.txt, log{shard.suffix}.jsonl, "
+                   f"summary{shard.suffix}.csv); `maar report {out}` merges the shards")
+    else:
+        click.echo(f"results in {out} (results/*.txt, log.jsonl, summary.csv)")
 
 
 @cli.command()
@@ -189,7 +215,7 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
 
     from maar_plugin.atomic import atomic_write_text
     from maar_plugin.reproduce import PLAN_NAME, markdown_report, plot_report
-    from maar_plugin.verification import instance_table, read_log, stage_table
+    from maar_plugin.verification import instance_table, merge_summaries, read_log, stage_table
 
     if (Path(results_dir) / PLAN_NAME).is_file():
         if rows:
@@ -204,10 +230,13 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
     results = read_log(results_dir)
     if not results:
         raise MaarError(f"{results_dir}: no log.jsonl records (is this a `maar verify --out` folder?)")
+    merged = merge_summaries(results_dir)
     if per_instance:
         click.echo(instance_table(results))
         click.echo()
     click.echo(stage_table(results))
+    if merged:
+        click.echo(f"shard logs merged: {len(results)} instances, written as {merged}")
 
 
 @cli.command("reproduce")
@@ -221,7 +250,8 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="results folder")
 @click.option("--scale", type=click.Choice(["full", "cpu"]), default="full", show_default=True,
               help="the recipe's full schedule (a GPU) or its CPU-scale version")
-@click.option("--jobs", type=int, default=1, show_default=True, help="runs side by side (processes)")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="runs trained side by side, and shard processes per certification (processes)")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="training device")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
@@ -293,15 +323,17 @@ def objectives_command() -> None:
 @click.option("--dataset", help="dataset of an ONNX source (a run knows its own)")
 @click.option("--data-dir", help="folder with the dataset's standard files")
 @click.option("--resume", is_flag=True, help="continue an interrupted certification in --out")
+@click.option("--jobs", type=int, default=1, show_default=True,
+              help="verify in N local processes, one shard of the instances each")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def certify(source: str, eps: float, count: int, out_dir: str, timeout: float, dataset: str | None,
-            data_dir: str | None, resume: bool, no_progress: bool) -> None:
+            data_dir: str | None, resume: bool, jobs: int, no_progress: bool) -> None:
     """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
     complete-certified accuracy side by side."""
     from maar_plugin.certify import accuracy_table, certify as run_certify
 
     accuracy = run_certify(source, eps, count, out_dir, timeout=timeout, dataset=dataset, data_dir=data_dir,
-                           resume=resume, progress=not no_progress)
+                           resume=resume, progress=not no_progress, jobs=jobs)
     click.echo(accuracy_table([accuracy]))
 
 

@@ -52,6 +52,28 @@ def test_certify_refuses_to_overwrite_and_resumes(small_run, tmp_path):
     assert again == first
 
 
+def test_certify_in_two_shard_processes_matches_one_process(small_run, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a worker's share of a small CI runner, so that timeouts fall alike
+    try:
+        one = certify(small_run, EPS, COUNT, tmp_path / "one", timeout=TIMEOUT, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    two = certify(small_run, EPS, COUNT, tmp_path / "two", timeout=TIMEOUT, progress=False, jobs=2)
+    assert two == one
+    verification = tmp_path / "two" / "verification"
+    assert sorted(path.name for path in verification.glob("log*.jsonl")) == ["log.shard-0-of-2.jsonl",
+                                                                            "log.shard-1-of-2.jsonl"]
+
+    def verdicts(folder):
+        return [line.split(",")[3] for line in (folder / "verification" / "summary.csv").read_text().splitlines()]
+
+    assert verdicts(tmp_path / "two") == verdicts(tmp_path / "one")
+    for jobs in (2, 1):  # a finished folder is read back, merged, by either split
+        assert certify(small_run, EPS, COUNT, tmp_path / "two", timeout=TIMEOUT, resume=True, progress=False,
+                       jobs=jobs) == one
+
+
 def test_certify_an_onnx_file_needs_a_dataset(small_run, tmp_path):
     onnx_path = tmp_path / "cert" / "models" / "mlp.onnx"
     certified = certify(small_run, EPS, 3, tmp_path / "cert", timeout=TIMEOUT, progress=False)
@@ -64,6 +86,7 @@ def test_certify_an_onnx_file_needs_a_dataset(small_run, tmp_path):
 @pytest.mark.parametrize("arguments, message", [
     (["/nonexistent/run", "--eps", "0.1"], "neither a training run"),
     (["RUN", "--eps", "0"], "--eps"),
+    (["RUN", "--eps", "0.1", "--jobs", "0"], "--jobs"),
 ])
 def test_cli_certify_bad_input_is_one_line(small_run, tmp_path, arguments, message):
     arguments = [str(small_run) if a == "RUN" else a for a in arguments]

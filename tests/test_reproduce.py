@@ -186,6 +186,9 @@ def test_parallel_jobs_finish_every_run(recipe_file, tmp_path):
     assert sorted(line.split("] ")[1].split(":")[0] for line in lines if line.startswith("[")) == ["ibp-s0", "ibp-s1"]
     assert all(result.metrics.keys() == {"clean", "pgd", "ibp_verified", "crown_verified", "complete"}
                for result in collect_results(out))
+    for run in ("ibp-s0", "ibp-s1"):  # each certified in two shard processes
+        logs = (out / "certify" / run / "verification").glob("log*.jsonl")
+        assert sorted(path.name for path in logs) == ["log.shard-0-of-2.jsonl", "log.shard-1-of-2.jsonl"]
 
 
 def test_report_of_some_rows(grid):

@@ -121,6 +121,12 @@ class _Task:
 
 def _run_task(task: _Task, log: Callable[[str], None] = print) -> str:
     """Train, evaluate and certify one run, skipping finished stages; returns a one-line summary."""
+    _train_and_evaluate(task, log)
+    return _certify_run(task, 1, log)
+
+
+def _train_and_evaluate(task: _Task, log: Callable[[str], None] = print) -> None:
+    """The training and evaluation stages of one run, each skipped when finished."""
     if task.threads:
         import torch
 
@@ -138,11 +144,18 @@ def _run_task(task: _Task, log: Callable[[str], None] = print) -> str:
         log(f"{name}: evaluating on {settings.count} test images")
         evaluate_run(task.run_dir, eps=config.eps, count=settings.count, pgd_steps=settings.pgd_steps,
                      pgd_restarts=settings.pgd_restarts, crown_count=settings.crown_count)
+
+
+def _certify_run(task: _Task, jobs: int, log: Callable[[str], None]) -> str:
+    """The certification stage of one run in ``jobs`` shard processes (skipped when finished); returns a
+    one-line summary of the run."""
+    name, config, settings = task.run_dir.name, task.config, task.evaluation
     if not _certificate_done(task.certify_dir, settings.certify_count):
-        log(f"{name}: complete verification of {settings.certify_count} test images")
+        log(f"{name}: complete verification of {settings.certify_count} test images"
+            + (f" in {jobs} shards" if jobs > 1 else ""))
         resume = task.certify_dir.is_dir() and any(task.certify_dir.iterdir())
         certify(task.run_dir, config.eps, settings.certify_count, task.certify_dir, timeout=settings.certify_timeout,
-                resume=resume, progress=task.progress)
+                resume=resume, progress=task.progress, jobs=jobs)
     evaluation = json.loads((task.run_dir / EVALUATION_NAME).read_text())
     certificate = json.loads((task.certify_dir / CERTIFICATE_NAME).read_text())
     return (f"{name}: clean {evaluation['clean']:.2f}%  IBP-verified {evaluation['ibp_verified']:.2f}%  "
@@ -162,8 +175,9 @@ def reproduce(
 ) -> Plan:
     """Train, evaluate and certify ``rows`` × ``seeds`` of a recipe into ``out_dir`` (resumable).
 
-    ``jobs`` > 1 runs that many (row, seed) runs side by side in separate processes (on a CPU each gets
-    an equal share of the cores; on a GPU they share the card).
+    ``jobs`` > 1 trains and evaluates that many (row, seed) runs side by side in separate processes (on a
+    CPU each gets an equal share of the cores; on a GPU they share the card), then certifies run after run,
+    each in ``jobs`` processes that verify one shard of its instances (``maar certify --jobs``).
     """
     if jobs < 1:
         raise MaarError(f"--jobs must be at least 1, got {jobs}")
@@ -191,7 +205,8 @@ def reproduce(
             report_done(done, _run_task(task, log))
         return plan
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run_task, task) for task in tasks]
-        for done, future in enumerate(as_completed(futures), start=1):
-            report_done(done, future.result())
+        for future in as_completed([pool.submit(_train_and_evaluate, task) for task in tasks]):
+            future.result()
+    for done, task in enumerate(tasks, start=1):
+        report_done(done, _certify_run(task, jobs, log))
     return plan

@@ -3,14 +3,18 @@
 Layout of ``out_dir``: ``results/<instance>.txt`` (one VNN-COMP result file each, written atomically),
 ``log.jsonl`` (one record per finished instance, appended and flushed, so a killed run loses at most
 the instance in progress and ``resume`` skips what is logged) and ``summary.csv`` (rewritten after
-every instance).
+every instance). A shard (:mod:`shard`) writes ``log.shard-K-of-N.jsonl`` and ``summary.shard-K-of-N.csv``
+instead; :func:`read_log` merges every log of a folder in csv order.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -21,6 +25,7 @@ from maar_plugin.atomic import atomic_write_text
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.cascade import ModelCache, VerifyOptions, verify_instance
 from maar_plugin.verification.result import STAGES, VERDICTS, InstanceResult
+from maar_plugin.verification.shard import Shard, shard_of_stem
 
 LOG_NAME = "log.jsonl"
 SUMMARY_NAME = "summary.csv"
@@ -67,60 +72,143 @@ def instance_names(instances: list[Instance]) -> list[str]:
     return [name if safe.count(name) == 1 else f"{name}_{index}" for index, name in enumerate(safe)]
 
 
-def read_log(out_dir: str | Path) -> list[InstanceResult]:
-    """Records of ``log.jsonl``; a torn last line (killed while writing) is skipped, later records win."""
-    path = Path(out_dir) / LOG_NAME
-    if not path.exists():
-        return []
-    results: dict[str, InstanceResult] = {}
+def log_name(shard: Shard | None) -> str:
+    return LOG_NAME if shard is None else f"log{shard.suffix}.jsonl"
+
+
+def summary_name(shard: Shard | None) -> str:
+    return SUMMARY_NAME if shard is None else f"summary{shard.suffix}.csv"
+
+
+def _log_files(out_dir: Path) -> list[Path]:
+    """``log.jsonl`` (first) and every shard's log in ``out_dir``."""
+    shards = [path for path in sorted(out_dir.glob("log.shard-*.jsonl")) if shard_of_stem(path.stem)]
+    return [path for path in [out_dir / LOG_NAME, *shards] if path.is_file()]
+
+
+def _records(path: Path) -> list[dict]:
+    """The JSON records of one log; a torn last line (killed while writing) is skipped."""
+    records = []
     for line in path.read_text().splitlines():
         try:
-            record = json.loads(line)
+            records.append(json.loads(line))
         except json.JSONDecodeError:
             continue
-        result = InstanceResult.from_log_record(record)
-        results[result.instance] = result
-    return list(results.values())
+    return records
+
+
+def read_log(out_dir: str | Path) -> list[InstanceResult]:
+    """Records of ``log.jsonl`` and of every shard's log, merged in csv order; later records win."""
+    results: dict[str, InstanceResult] = {}
+    order: dict[str, int] = {}
+    for path in _log_files(Path(out_dir)):
+        for record in _records(path):
+            result = InstanceResult.from_log_record(record)
+            results[result.instance] = result
+            if isinstance(record.get("index"), int):
+                order[result.instance] = record["index"]
+    if len(order) == len(results):
+        return sorted(results.values(), key=lambda r: order[r.instance])
+    return list(results.values())  # logs written before records carried their csv index
+
+
+def merge_summaries(out_dir: str | Path) -> Path | None:
+    """Where ``out_dir`` holds shard logs, write their merged records as ``summary.csv`` (the file one
+    process would have written) and return its path; None for an unsharded folder."""
+    out_dir = Path(out_dir)
+    if all(path.name == LOG_NAME for path in _log_files(out_dir)):
+        return None
+    atomic_write_text(out_dir / SUMMARY_NAME, summary_csv(read_log(out_dir)))
+    return out_dir / SUMMARY_NAME
+
+
+def _refuse_earlier_results(out_dir: Path, shard: Shard | None) -> None:
+    """Without resume, a run starts only where neither its own log nor one of another split holds records
+    (the other shards of the same N may well have started)."""
+    count = shard.count if shard else 1
+    for path in _log_files(out_dir):
+        other = shard_of_stem(path.stem)
+        if (path.name == log_name(shard) or (other.count if other else 1) != count) and _records(path):
+            raise MaarError(f"{out_dir} already holds results ({path.name}); pass --resume to continue, "
+                            "or another --out")
 
 
 def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path, resume: bool = False,
-                     options: VerifyOptions | None = None, progress: bool = True) -> list[InstanceResult]:
+                     options: VerifyOptions | None = None, progress: bool = True,
+                     shard: Shard | None = None) -> list[InstanceResult]:
     """Verify every instance (``Instance`` or ``(onnx, vnnlib, timeout)``), writing results as they finish.
 
     An instance whose model or property cannot be read is marked ``error`` and the run goes on. With
-    ``resume``, instances already in the log are skipped and their logged results returned.
+    ``shard``, only its share is verified, into the shard's own log and summary. With ``resume``,
+    instances already in a log of the folder are skipped and their logged results returned.
     """
     options = options or VerifyOptions()
     instances = [item if isinstance(item, Instance) else Instance(Path(item[0]), Path(item[1]), item[2])
                  for item in instances]
+    shard = shard if shard is not None and shard.count > 1 else None
     out_dir = Path(out_dir)
-    log_path = out_dir / LOG_NAME
-    logged = {r.instance: r for r in read_log(out_dir)}
-    if logged and not resume:
-        raise MaarError(f"{out_dir} already holds results ({LOG_NAME}); pass --resume to continue, or another --out")
+    log_path = out_dir / log_name(shard)
+    if not resume:
+        _refuse_earlier_results(out_dir, shard)
+    logged = {r.instance: r for r in read_log(out_dir)} if resume else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     _drop_torn_last_line(log_path)
-    names = instance_names(instances)
+    share = list(enumerate(zip(instance_names(instances), instances)))  # names over the whole csv
+    share = shard.select(share) if shard else share
     cache = ModelCache(options.device, options.alpha_iterations)
     results: list[InstanceResult] = []
-    bar = tqdm(total=len(instances), disable=not progress, unit="inst", dynamic_ncols=True)
+    bar = tqdm(total=len(share), disable=not progress, unit="inst", dynamic_ncols=True)
     with open(log_path, "a") as log:
-        for name, instance in zip(names, instances):
+        for index, (name, instance) in share:
             if name in logged:
                 results.append(logged[name])
                 bar.update(1)
                 continue
             result = _verify_guarded(instance, name, options, cache)
             atomic_write_text(out_dir / "results" / f"{name}.txt", result.vnncomp_text())
-            log.write(json.dumps(result.log_record()) + "\n")
+            log.write(json.dumps({**result.log_record(), "index": index}) + "\n")
             log.flush()
             results.append(result)
-            atomic_write_text(out_dir / SUMMARY_NAME, summary_csv(results))
+            atomic_write_text(out_dir / summary_name(shard), summary_csv(results))
             bar.update(1)
             bar.set_postfix_str(_counts(results))
     bar.close()
-    atomic_write_text(out_dir / SUMMARY_NAME, summary_csv(results))
+    atomic_write_text(out_dir / summary_name(shard), summary_csv(results))
     return results
+
+
+def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: int, resume: bool = False,
+                        options: VerifyOptions | None = None, progress: bool = True) -> list[InstanceResult]:
+    """verify_instances over ``jobs`` local worker processes, one shard each with an equal share of the
+    CPU threads (no progress bars); returns the instances' merged results in csv order and writes the
+    merged summary.csv."""
+    if jobs < 1:
+        raise MaarError(f"--jobs must be at least 1, got {jobs}")
+    if jobs == 1:
+        return verify_instances(instances, out_dir, resume=resume, options=options, progress=progress)
+    shards = [Shard(index, jobs) for index in range(jobs)]
+    if not resume:
+        for shard in shards:
+            _refuse_earlier_results(Path(out_dir), shard)
+    names = instance_names(instances)
+    if not (resume and set(names) <= {result.instance for result in read_log(out_dir)}):
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_verify_shard, instances, out_dir, resume, options, shard, threads)
+                       for shard in shards]
+            for future in futures:
+                future.result()
+    merge_summaries(out_dir)
+    logged = {result.instance: result for result in read_log(out_dir)}
+    return [logged[name] for name in names]
+
+
+def _verify_shard(instances: list[Instance], out_dir: str | Path, resume: bool, options: VerifyOptions | None,
+                  shard: Shard, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    verify_instances(instances, out_dir, resume=resume, options=options, progress=False, shard=shard)
 
 
 def _drop_torn_last_line(log_path: Path) -> None:
