@@ -331,3 +331,13 @@ def test_maar_over_a_third_party_base(third_party_bases):
         create_objective("maar", model, INFO, base="plain")
     with pytest.raises(MaarError, match="no hyperparameter 'alpha'"):
         create_objective("maar", model, INFO, base="scaled-ibp", alpha=0.5)
+
+
+def test_results_rows_take_the_hyperparameters_of_maars_base():
+    from maar_plugin.reproduce import parse_row
+
+    row = parse_row("maar:shrinkage=0.5:base=sabr:lam=1")
+    assert row.objective_args == {"shrinkage": 0.5, "base": "sabr", "lam": 1}
+    assert parse_row("maar-mtl-ibp:alpha=0.5").objective_args == {"alpha": 0.5}
+    with pytest.raises(MaarError, match="'shrinkage' is not a hyperparameter of maar"):
+        parse_row("maar:shrinkage=0.5")  # the default base, crown-ibp, has none
