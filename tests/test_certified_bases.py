@@ -341,3 +341,8 @@ def test_results_rows_take_the_hyperparameters_of_maars_base():
     assert parse_row("maar-mtl-ibp:alpha=0.5").objective_args == {"alpha": 0.5}
     with pytest.raises(MaarError, match="'shrinkage' is not a hyperparameter of maar"):
         parse_row("maar:shrinkage=0.5")  # the default base, crown-ibp, has none
+    from maar_plugin.reproduce.table import maar_base, table_order
+
+    labels = ["maar-sabr:weighting=soft", "mtl-ibp", "sabr", "maar:base=mtl-ibp", "ibp", "pgd"]
+    assert table_order(labels) == ["pgd", "ibp", "sabr", "maar-sabr:weighting=soft", "mtl-ibp", "maar:base=mtl-ibp"]
+    assert maar_base("maar:base=mtl-ibp") == "mtl-ibp" and maar_base("maar-sabr") == "sabr"

@@ -73,6 +73,15 @@ class IbpHyperparameters:
 
 
 @dataclass(frozen=True)
+class AttackHyperparameters:
+    """The PGD attack of SABR and the expressive losses (CTBench's train_steps, restarts, step_size)."""
+
+    attack_steps: int = hyperparameter(10, "PGD steps of the training attack (CE loss)")
+    attack_restarts: int = hyperparameter(3, "PGD runs from random starts; the point of highest CE is kept")
+    attack_step_ratio: float = hyperparameter(0.2, "PGD step as a fraction of the attack box's half-width")
+
+
+@dataclass(frozen=True)
 class CrownIbpHyperparameters(IbpHyperparameters):
     beta_start: float = hyperparameter(1.0, "weight β of the CROWN-IBP bound (vs IBP) at the start of the ε ramp")
     beta_end: float = hyperparameter(0.0, "β at the end of the ε ramp; at β = 0 only IBP is computed")

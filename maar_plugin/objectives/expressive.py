@@ -23,18 +23,16 @@ from torch import Tensor
 from maar_plugin.attacks import cross_entropy_loss, pgd_maximize
 from maar_plugin.bounds.box import linf_ball_box
 from maar_plugin.objectives.base import hyperparameter
-from maar_plugin.objectives.certified import Ibp, IbpHyperparameters, RobustBounds
+from maar_plugin.objectives.certified import AttackHyperparameters, Ibp, IbpHyperparameters, RobustBounds
 from maar_plugin.objectives.losses import logit_margins, robust_ce_from_margins
 from maar_plugin.objectives.registry import register_objective
 
 
 @dataclass(frozen=True)
-class ExpressiveHyperparameters(IbpHyperparameters):
+class ExpressiveHyperparameters(AttackHyperparameters, IbpHyperparameters):
     kappa_start: float = hyperparameter(0.3, "weight κ of the clean CE (CTBench: 1 − robust weight 0.7), constant")
     kappa_end: float = hyperparameter(0.3, "κ at the end of the ε ramp")
     alpha: float = hyperparameter(0.02, "α: weight of IBP vs the attack (CTBench's ibp_coef); 1 = IBP, 0 = PGD")
-    attack_steps: int = hyperparameter(10, "PGD steps of the training attack (CE loss)")
-    attack_restarts: int = hyperparameter(3, "PGD runs from random starts; the point of highest CE is kept")
     attack_step_ratio: float = hyperparameter(
         0.25, "PGD step as a fraction of the attack box's half-width (CTBench: max(0.25, 2/steps))")
     attack_eps_ratio: float = hyperparameter(1.0, "the attack ball's radius as a multiple of ε (attack_range_scale)")

@@ -19,15 +19,8 @@ from torch import Tensor
 from maar_plugin.attacks import cross_entropy_loss, pgd_maximize
 from maar_plugin.bounds.box import linf_ball_box, small_box
 from maar_plugin.objectives.base import hyperparameter
-from maar_plugin.objectives.certified import Ibp, IbpHyperparameters
+from maar_plugin.objectives.certified import AttackHyperparameters, Ibp, IbpHyperparameters
 from maar_plugin.objectives.registry import register_objective
-
-
-@dataclass(frozen=True)
-class AttackHyperparameters:
-    attack_steps: int = hyperparameter(10, "PGD steps of the training attack (CE loss)")
-    attack_restarts: int = hyperparameter(3, "PGD runs from random starts; the point of highest CE is kept")
-    attack_step_ratio: float = hyperparameter(0.2, "PGD step as a fraction of the attack box's half-width")
 
 
 @dataclass(frozen=True)
