@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -118,11 +119,26 @@ def time_step(step: Step, batches: list[tuple[Tensor, Tensor]], warmup: int, dev
     return 1000 * (time.perf_counter() - start) / (len(batches) - warmup)
 
 
+def time_interleaved(steps: dict[str, Step], batches: list[tuple[Tensor, Tensor]], warmup: int,
+                     device: torch.device) -> dict[str, float]:
+    """Median milliseconds per step of each row, one step of every row per batch in turn, so that a shared
+    machine's changing load falls on all rows alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for index, (x, y) in enumerate(batches):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if index >= warmup:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def benchmark_model(model_name: str, info: DatasetInfo, batches, warmup: int, eps: float,
-                    device: torch.device, objectives: list[str]) -> list[dict]:
+                    device: torch.device, objectives: list[str], interleave: bool = False) -> list[dict]:
     torch.manual_seed(0)
     initial = create_model(model_name, info).to(device).train()
-    rows = {}
     builders = {name: (lambda m, name=name: objective_step(name, m, info, eps)) for name in objectives}
     if set(ATTACK_BASES) & set(objectives):
         attack = {f.name: f.default for f in dataclasses.fields(AttackHyperparameters)}
@@ -131,8 +147,12 @@ def benchmark_model(model_name: str, info: DatasetInfo, batches, warmup: int, ep
     builders["reference lirpa ibp"] = lambda m: reference_lirpa_step("IBP", m, info, eps)
     builders["reference lirpa crown-ibp"] = lambda m: reference_lirpa_step("CROWN-IBP", m, info, eps)
     builders["reference fused ibp"] = lambda m: reference_fused_ibp_step(m, info, eps)
-    for name, build in builders.items():
-        rows[name] = time_step(build(copy.deepcopy(initial)), batches, warmup, device)
+    if interleave:
+        rows = time_interleaved({name: build(copy.deepcopy(initial)) for name, build in builders.items()},
+                                batches, warmup, device)
+    else:
+        rows = {name: time_step(build(copy.deepcopy(initial)), batches, warmup, device)
+                for name, build in builders.items()}
     def ratio(name: str, *references: str) -> float | None:
         return rows[name] / sum(rows[r] for r in references) if all(r in rows for r in references) else None
 
@@ -164,6 +184,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, help="timed steps per row (default: 30 on a GPU, 3 on the CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on a GPU, 1 on the CPU)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="one step of every row per batch in turn, medians (for a shared CPU)")
     parser.add_argument("--json", dest="json_path", help="also write the rows to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -175,7 +197,8 @@ def main() -> None:
                 torch.randint(0, info.num_classes, (args.batch_size,), generator=generator).to(device))
                for _ in range(warmup + steps)]
     rows = [row for model_name in args.models
-            for row in benchmark_model(model_name, info, batches, warmup, args.eps, device, args.objectives)]
+            for row in benchmark_model(model_name, info, batches, warmup, args.eps, device, args.objectives,
+                                       args.interleave)]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"{args.dataset}, batch {args.batch_size}, eps {args.eps}, {steps} timed steps after {warmup}, "
           f"{device_name}, torch {torch.__version__}")
