@@ -1,10 +1,12 @@
 """Training speed per objective and model: ms per optimiser step on the same batches.
 
-Rows: the registered objectives natural, pgd, ibp, crown-ibp, maar-ibp and maar-crown-ibp (at the
-middle of the ε ramp, so CROWN-IBP's β and MAAR's λ are both non-zero), and reference steps written
-the way auto_LiRPA's examples/vision/simple_training.py writes them (BoundedModule + compute_bounds
-with the margin spec C, CE of the logits [0, -lb]) for IBP and CROWN-IBP, plus the same IBP step on
-the fused plain-torch bounds. Batches are uniform random images with random labels, drawn once.
+Rows: the registered objectives natural, pgd, ibp, crown-ibp, sabr, mtl-ibp and MAAR over each certified
+base (at the middle of the ε ramp, so CROWN-IBP's β and MAAR's λ are both non-zero), and reference steps
+written the way auto_LiRPA's examples/vision/simple_training.py writes them (BoundedModule + compute_bounds
+with the margin spec C, CE of the logits [0, -lb]) for IBP and CROWN-IBP, plus the same IBP step on the
+fused plain-torch bounds. The attack bases (sabr, mtl-ibp) are also timed against a PGD step with their
+attack (same steps and restarts) plus an IBP step on the same batch (column "/pgd+ibp"; target <= 1.3).
+Batches are uniform random images with random labels, drawn once.
 
     python benchmarks/training_speed.py --models mlp-256x2 dm-small --steps 20 --json speed.json
 """
@@ -12,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -29,17 +33,21 @@ from maar_plugin.bounds.specs import margin_spec
 from maar_plugin.data import DatasetInfo, dataset_info
 from maar_plugin.models import create_model
 from maar_plugin.objectives import create_objective
+from maar_plugin.objectives.certified import AttackHyperparameters
 
-OBJECTIVES = ["natural", "pgd", "ibp", "crown-ibp", "maar-ibp", "maar-crown-ibp"]
-MAAR_BASE = {"maar-ibp": "ibp", "maar-crown-ibp": "crown-ibp"}
+OBJECTIVES = ["natural", "pgd", "ibp", "crown-ibp", "sabr", "mtl-ibp", "maar-ibp", "maar-crown-ibp", "maar-sabr",
+              "maar-mtl-ibp"]
+MAAR_BASE = {"maar-ibp": "ibp", "maar-crown-ibp": "crown-ibp", "maar-sabr": "sabr", "maar-mtl-ibp": "mtl-ibp"}
+ATTACK_BASES = ("sabr", "mtl-ibp")  # timed against "pgd (same attack)" + "ibp"
+SAME_ATTACK_PGD = "pgd (same attack)"
 PROGRESS = 0.5  # middle of the ε ramp: κ, β and λ all strictly between their end points
 CROWN_IBP_FACTOR = 1.0 - PROGRESS  # β of the reference CROWN-IBP step, as the objective's at PROGRESS
 
 Step = Callable[[Tensor, Tensor], None]
 
 
-def objective_step(name: str, model: nn.Module, info: DatasetInfo, eps: float) -> Step:
-    objective = create_objective(name, model, info)
+def objective_step(name: str, model: nn.Module, info: DatasetInfo, eps: float, **arguments) -> Step:
+    objective = create_objective(name, model, info, **arguments)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step(x: Tensor, y: Tensor) -> None:
@@ -111,40 +119,73 @@ def time_step(step: Step, batches: list[tuple[Tensor, Tensor]], warmup: int, dev
     return 1000 * (time.perf_counter() - start) / (len(batches) - warmup)
 
 
+def time_interleaved(steps: dict[str, Step], batches: list[tuple[Tensor, Tensor]], warmup: int,
+                     device: torch.device) -> dict[str, float]:
+    """Median milliseconds per step of each row, one step of every row per batch in turn, so that a shared
+    machine's changing load falls on all rows alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for index, (x, y) in enumerate(batches):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step(x, y)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if index >= warmup:
+                times[name].append(1000 * (time.perf_counter() - start))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def benchmark_model(model_name: str, info: DatasetInfo, batches, warmup: int, eps: float,
-                    device: torch.device) -> list[dict]:
+                    device: torch.device, objectives: list[str], interleave: bool = False) -> list[dict]:
     torch.manual_seed(0)
     initial = create_model(model_name, info).to(device).train()
-    rows = {}
-    builders = {name: (lambda m, name=name: objective_step(name, m, info, eps)) for name in OBJECTIVES}
+    builders = {name: (lambda m, name=name: objective_step(name, m, info, eps)) for name in objectives}
+    if set(ATTACK_BASES) & set(objectives):
+        attack = {f.name: f.default for f in dataclasses.fields(AttackHyperparameters)}
+        builders[SAME_ATTACK_PGD] = lambda m: objective_step("pgd", m, info, eps, steps=attack["attack_steps"],
+                                                            restarts=attack["attack_restarts"])
     builders["reference lirpa ibp"] = lambda m: reference_lirpa_step("IBP", m, info, eps)
     builders["reference lirpa crown-ibp"] = lambda m: reference_lirpa_step("CROWN-IBP", m, info, eps)
     builders["reference fused ibp"] = lambda m: reference_fused_ibp_step(m, info, eps)
-    for name, build in builders.items():
-        rows[name] = time_step(build(copy.deepcopy(initial)), batches, warmup, device)
-    return [{"model": model_name, "objective": name, "ms_per_step": ms, "vs_natural": ms / rows["natural"],
-             "maar_vs_base": ms / rows[MAAR_BASE[name]] if name in MAAR_BASE else None}
+    if interleave:
+        rows = time_interleaved({name: build(copy.deepcopy(initial)) for name, build in builders.items()},
+                                batches, warmup, device)
+    else:
+        rows = {name: time_step(build(copy.deepcopy(initial)), batches, warmup, device)
+                for name, build in builders.items()}
+    def ratio(name: str, *references: str) -> float | None:
+        return rows[name] / sum(rows[r] for r in references) if all(r in rows for r in references) else None
+
+    return [{"model": model_name, "objective": name, "ms_per_step": ms, "vs_natural": ratio(name, "natural"),
+             "maar_vs_base": ratio(name, MAAR_BASE[name]) if name in MAAR_BASE else None,
+             "vs_pgd_plus_ibp": ratio(name, SAME_ATTACK_PGD, "ibp") if name in ATTACK_BASES else None}
             for name, ms in rows.items()]
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'model':<11} {'objective':<26} {'ms/step':>9} {'x natural':>9} {'MAAR/base':>9}"]
+    def cell(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None else ""
+
+    lines = [f"{'model':<11} {'objective':<26} {'ms/step':>9} {'x natural':>9} {'MAAR/base':>9} {'/pgd+ibp':>9}"]
     for row in rows:
-        maar = f"{row['maar_vs_base']:.2f}" if row["maar_vs_base"] is not None else ""
         lines.append(f"{row['model']:<11} {row['objective']:<26} {row['ms_per_step']:>9.1f} "
-                     f"{row['vs_natural']:>9.2f} {maar:>9}")
+                     f"{cell(row['vs_natural']):>9} {cell(row['maar_vs_base']):>9} {cell(row['vs_pgd_plus_ibp']):>9}")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["mlp-256x2", "dm-small"])
+    parser.add_argument("--objectives", nargs="+", default=OBJECTIVES, choices=OBJECTIVES,
+                        help="objective rows (the reference rows always run)")
     parser.add_argument("--dataset", default="mnist", help="fixes the input shape and classes (data are random)")
     parser.add_argument("--eps", type=float, default=0.1, help="L-inf radius in pixel space")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--steps", type=int, help="timed steps per row (default: 30 on a GPU, 3 on the CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default: 5 on a GPU, 1 on the CPU)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="one step of every row per batch in turn, medians (for a shared CPU)")
     parser.add_argument("--json", dest="json_path", help="also write the rows to this JSON file")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -156,7 +197,8 @@ def main() -> None:
                 torch.randint(0, info.num_classes, (args.batch_size,), generator=generator).to(device))
                for _ in range(warmup + steps)]
     rows = [row for model_name in args.models
-            for row in benchmark_model(model_name, info, batches, warmup, args.eps, device)]
+            for row in benchmark_model(model_name, info, batches, warmup, args.eps, device, args.objectives,
+                                       args.interleave)]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"{args.dataset}, batch {args.batch_size}, eps {args.eps}, {steps} timed steps after {warmup}, "
           f"{device_name}, torch {torch.__version__}")

@@ -51,9 +51,10 @@ def train(run_dir: str, recipe_name: str | None, scale: str, config_file: str | 
         raise MaarError("--scale picks a recipe's scale: give --recipe too")
     config = None
     if not resume:
-        recipe = load_recipe(recipe_name, scale).training if recipe_name else {}
+        recipe = load_recipe(recipe_name, scale) if recipe_name else None
         file_options = load_yaml_mapping(config_file) if config_file else None
-        config = config_from_recipe(recipe, file_options, overrides_from_options(options))
+        config = config_from_recipe(recipe.training if recipe else {}, file_options, overrides_from_options(options),
+                                    base_args=recipe.base_args if recipe else None)
     run_training(config, run_dir, resume=resume, show_progress=not no_progress, log=click.echo)
     click.echo(f"run saved in {run_dir} (metrics.jsonl, metrics.png, checkpoint.pt)")
 
@@ -283,7 +284,7 @@ def recipes_command(show_name: str | None, scale: str) -> None:
         recipe = load_recipe(show_name, scale)
         click.echo(yaml.safe_dump({"recipe": recipe.name, "scale": recipe.scale, "description": recipe.description,
                                    "sources": list(recipe.sources), "training": recipe.training,
-                                   "evaluation": asdict(recipe.evaluation)}, sort_keys=False, allow_unicode=True,
+                                   "base_args": recipe.base_args, "evaluation": asdict(recipe.evaluation)}, sort_keys=False, allow_unicode=True,
                                   width=110), nl=False)
         return
     names = recipe_names()

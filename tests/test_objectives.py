@@ -24,7 +24,8 @@ from maar_plugin.objectives import (
 from maar_plugin.objectives.losses import kl_upper_bound, misclassification_weights, robust_ce_from_margins
 
 INFO = DatasetInfo("toy", (1, 8, 8), 5, (0.5,), (0.25,))
-BUILT_IN = ("natural", "pgd", "ibp", "crown-ibp", "maar", "maar-ibp", "maar-crown-ibp")
+BUILT_IN = ("natural", "pgd", "ibp", "crown-ibp", "sabr", "mtl-ibp", "exp-ibp", "cc-ibp", "maar", "maar-ibp",
+            "maar-crown-ibp", "maar-sabr", "maar-mtl-ibp", "maar-exp-ibp", "maar-cc-ibp")
 
 
 def _conv_bn() -> nn.Sequential:
@@ -207,7 +208,8 @@ def test_registry_round_trip():
     ("maar", {"lam": "big"}, "expected float"),
     ("pgd", {"steps": 2.5}, "expected int"),
     ("maar", {"weighting": "medium"}, "not one of hard, soft"),
-    ("maar", {"base": "pgd"}, "not one of ibp, crown-ibp"),
+    ("maar", {"base": "pgd"}, "exposes no pairwise bounds; certified bases: cc-ibp, crown-ibp"),
+    ("maar", {"base": "nope"}, "unknown objective"),
 ])
 def test_bad_names_and_hyperparameters_are_user_errors(name, arguments, message):
     with pytest.raises(MaarError, match=message):

@@ -89,3 +89,35 @@ def test_cli_recipe_errors_are_one_line(tmp_path):
     shown = runner.invoke(cli, ["recipes", "--show", "mnist-eps0.3-dm-small", "--scale", "cpu"])
     train_count = load_recipe("mnist-eps0.3-dm-small", "cpu").training["train_count"]
     assert shown.exit_code == 0 and "Shi et al. 2021" in shown.output and f"train_count: {train_count}" in shown.output
+
+
+@pytest.mark.parametrize("name", ["mnist-eps0.1-dm-small", "mnist-eps0.3-dm-small"])
+def test_base_args_reach_the_base_and_maar_over_it_at_both_scales(name):
+    from maar_plugin.objectives.maar import certified_bases
+
+    for scale in ("full", "cpu"):
+        recipe = load_recipe(name, scale)
+        assert {"sabr", "mtl-ibp", "exp-ibp", "cc-ibp"} <= set(recipe.base_args) <= set(certified_bases())
+        for base, arguments in recipe.base_args.items():
+            for layer in ({"objective": base}, {"objective": f"maar-{base}"},
+                          {"objective": "maar", "objective_args": {"base": base}}):
+                config = config_from_recipe(recipe.training, layer, base_args=recipe.base_args)
+                assert {key: config.objective_args[key] for key in arguments} == arguments, (base, layer)
+        ibp = config_from_recipe(recipe.training, {"objective": "ibp"}, base_args=recipe.base_args)
+        assert ibp.objective_args["kappa_start"] == recipe.training["objective_args"]["kappa_start"]
+        flagged = config_from_recipe(recipe.training, {"objective": "maar-sabr", "objective_args": {"shrinkage": 0.7}},
+                                     base_args=recipe.base_args)
+        assert flagged.objective_args["shrinkage"] == 0.7  # flags over base_args
+    full, cpu = load_recipe(name, "full").base_args, load_recipe(name, "cpu").base_args
+    assert cpu["sabr"]["attack_restarts"] < full["sabr"]["attack_restarts"]
+    assert cpu["sabr"]["shrinkage"] == full["sabr"]["shrinkage"]  # a cheaper attack, the same question
+
+
+def test_bad_base_args_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: {epochs: 1}\nbase_args: {sabr: {shrinkag: 0.4}}\n")
+    with pytest.raises(MaarError, match="base_args of 'sabr' has no hyperparameter"):
+        load_recipe(str(bad))
+    bad.write_text("training: {epochs: 1}\nbase_args: {sabre: {shrinkage: 0.4}}\n")
+    with pytest.raises(MaarError, match="unknown objective 'sabre'"):
+        load_recipe(str(bad))

@@ -51,8 +51,9 @@ class Objective:
         self.hyperparameters = build_hyperparameters(self.Hyperparameters, hyperparameters, self.name)
 
     @classmethod
-    def hyperparameter_table(cls) -> dict[str, tuple[object, str]]:
-        """name -> (default, help) of every hyperparameter."""
+    def hyperparameter_table(cls, arguments: dict | None = None) -> dict[str, tuple[object, str]]:
+        """name -> (default, help) of every hyperparameter; ``arguments`` (those given) matter only to a
+        composite objective, whose table depends on its parts (MAAR's on its base)."""
         return {f.name: (f.default, f.metadata.get("help", "")) for f in dataclasses.fields(cls.Hyperparameters)}
 
     def loss(self, x: Tensor, y: Tensor, eps: float, progress: float) -> LossTerms:

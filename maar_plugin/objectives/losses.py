@@ -48,3 +48,11 @@ def misclassification_weights(logits: Tensor, labels: Tensor, mode: str) -> Tens
     if mode == "soft":
         return 1.0 - F.softmax(logits, dim=1).gather(1, labels[:, None]).squeeze(1)
     raise ValueError(f"unknown weighting {mode!r}; choose one of {WEIGHTINGS}")
+
+
+def logit_margins(logits: Tensor, labels: Tensor) -> Tensor:
+    """z_y − z_j for every j ≠ y, in increasing j (the order of ``margin_spec``): [B, K-1]."""
+    num_classes = logits.shape[1]
+    keep = torch.arange(num_classes, device=logits.device)[None, :] != labels[:, None]
+    margins = logits.gather(1, labels[:, None]) - logits
+    return margins[keep].view(len(labels), num_classes - 1)

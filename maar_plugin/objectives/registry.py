@@ -39,9 +39,10 @@ def list_objectives() -> dict[str, str]:
     return {name: objective_class(name).description for name in names}
 
 
-def objective_hyperparameters(name: str) -> dict[str, tuple[object, str]]:
-    """name -> (default, help) of the objective's hyperparameters."""
-    return objective_class(name).hyperparameter_table()
+def objective_hyperparameters(name: str, arguments: dict | None = None) -> dict[str, tuple[object, str]]:
+    """name -> (default, help) of the objective's hyperparameters (given ``arguments``, e.g. MAAR's base)."""
+    cls = objective_class(name)
+    return cls.hyperparameter_table(arguments) if arguments else cls.hyperparameter_table()
 
 
 def objective_class(name: str) -> type[Objective]:

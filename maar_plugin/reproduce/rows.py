@@ -38,16 +38,19 @@ def parse_row(text: str) -> Row:
     if not name:
         raise MaarError(f"empty objective in {text!r}")
     objective_class(name)
-    accepted = objective_hyperparameters(name)
     args = []
     for pair in pairs:
         key, separator, value = pair.partition("=")
-        if not separator or key not in accepted:
-            raise MaarError(f"{text!r}: {pair!r} is not KEY=VALUE with KEY one of {', '.join(accepted) or '(none)'}")
+        if not separator or not key:
+            raise MaarError(f"{text!r}: {pair!r} is not KEY=VALUE")
         try:
             args.append((key, yaml.safe_load(value)))
         except yaml.YAMLError:
             raise MaarError(f"{text!r}: cannot read the value of {key}") from None
+    accepted = objective_hyperparameters(name, dict(args))  # MAAR's depend on its base
+    for key, _ in args:
+        if key not in accepted:
+            raise MaarError(f"{text!r}: {key!r} is not a hyperparameter of {name}; it has {', '.join(accepted) or '(none)'}")
     return Row(name, tuple(args))
 
 

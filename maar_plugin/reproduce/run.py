@@ -75,12 +75,13 @@ def _extend_plan(out_dir: Path, recipe: Recipe, rows: list[Row], seeds: list[int
 def run_config(recipe: Recipe, row: Row, seed: int, device: str) -> TrainConfig:
     """The recipe's training configuration for one row and seed."""
     return config_from_recipe(recipe.training, {"objective": row.objective, "objective_args": row.objective_args,
-                                                "seed": seed, "device": device})
+                                                "seed": seed, "device": device}, base_args=recipe.base_args)
 
 
 def _with_defaults(options: dict) -> dict:
     """Training options with the objective's hyperparameters completed by their defaults."""
-    defaults = {key: default for key, (default, _) in objective_hyperparameters(options["objective"]).items()}
+    table = objective_hyperparameters(options["objective"], options.get("objective_args"))
+    defaults = {key: default for key, (default, _) in table.items()}
     return {**options, "objective_args": {**defaults, **(options.get("objective_args") or {})}}
 
 

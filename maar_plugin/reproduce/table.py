@@ -10,7 +10,7 @@ from pathlib import Path
 from maar_plugin.certify import CERTIFICATE_NAME
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class
-from maar_plugin.objectives.maar import Maar
+from maar_plugin.objectives.maar import BUILT_IN_BASES, Maar
 from maar_plugin.reproduce.rows import Row, parse_row
 from maar_plugin.reproduce.run import EVALUATION_NAME, read_plan
 
@@ -78,15 +78,16 @@ def _read_run(out_dir: Path, row: Row, seed: int) -> RunResult:
     return result
 
 
-_FAMILIES = ("natural", "pgd", "ibp", "crown-ibp")
+_FAMILIES = ("natural", "pgd", *BUILT_IN_BASES)
 
 
 def table_order(labels: list[str]) -> list[str]:
-    """natural, pgd, then each certified base followed by the MAAR rows over it, then anything else."""
-    def key(label: str) -> tuple[int, int]:
+    """natural, pgd, then each certified base followed by the MAAR rows over it, then the other families
+    (third parties' bases with their MAAR rows) by name."""
+    def key(label: str) -> tuple[int, str, int]:
         family = maar_base(label) or parse_row(label).objective
         position = _FAMILIES.index(family) if family in _FAMILIES else len(_FAMILIES)
-        return position, int(maar_base(label) is not None)
+        return position, family if position == len(_FAMILIES) else "", int(maar_base(label) is not None)
 
     return sorted(labels, key=key)  # stable: plan order within a group
 
@@ -106,7 +107,7 @@ def collect_results(out_dir: str | Path, rows: list[str] | None = None) -> list[
 
 
 def maar_base(label: str) -> str | None:
-    """The base objective a MAAR row extends (``ibp`` or ``crown-ibp``); None for other rows."""
+    """The base objective a MAAR row extends (``ibp``, ``sabr``, ...); None for other rows."""
     row = parse_row(label)
     cls = objective_class(row.objective)
     if not issubclass(cls, Maar):
