@@ -13,9 +13,9 @@ from maar_plugin.verification import verify_instance
 from maar_plugin.verification.bab import BabOptions
 from tests.test_verification_soundness import FAST, export, write_vnnlib
 
-BAB = replace(FAST, milp_max_unstable=0, timeout=40, bab=BabOptions(input_split_max_inputs=0))
-INPUT_SPLIT = replace(FAST, milp_max_unstable=0, timeout=40)
-MILP = replace(FAST, milp_max_unstable=10**6, timeout=40)
+BAB = replace(FAST, milp_max_unstable=0, timeout=120, bab=BabOptions(input_split_max_inputs=0))
+INPUT_SPLIT = replace(FAST, milp_max_unstable=0, timeout=120)
+MILP = replace(FAST, milp_max_unstable=10**6, timeout=120)
 
 
 def conv_net(seed: int) -> nn.Sequential:
