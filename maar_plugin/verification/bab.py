@@ -102,7 +102,8 @@ class BranchAndBound:
 
     def __init__(self, engine: SplitBoundEngine, problem: BabProblem, options: BabOptions,
                  confirm: Callable[[Tensor], Tensor | None], attack: Callable[[Tensor], Tensor | None] | None = None):
-        self.engine, self.problem, self.options = engine, problem, options
+        self.engine, self.options = engine, options
+        self.promising: Tensor | None = None     # the least-slack points of the last bound pass, for ``attack``
         self.confirm, self.attack = confirm, attack
         dtype, device = engine.dtype, engine.device
         self.C = problem.C.to(dtype=dtype, device=device)
@@ -155,8 +156,9 @@ class BranchAndBound:
             iterations += 1
             bounded, found = self._bound(children, self.options.iterations)
             domains.append(bounded)
-            if found is None and self.attack is not None and iterations % self.options.attack_every == 0:
-                found = self.attack(self._last_points)
+            if found is None and self.attack is not None and self.promising is not None \
+                    and iterations % self.options.attack_every == 0:
+                found = self.attack(self.promising)
         if found is not None:
             return BabOutcome("counterexample", found, domains=visited, iterations=iterations)
         return BabOutcome("proved", domains=visited, iterations=iterations)
@@ -267,7 +269,7 @@ class BranchAndBound:
             slack = values.max(dim=1).values.reshape(-1)                             # [s·b]: ≤ 0 violates
             points = points.reshape(-1, points.shape[-1])
         order = torch.argsort(slack)
-        self._last_points = points[order[:8]]
+        self.promising = points[order[:8]]
         violating = order[slack[order] <= 0][:8]
         return self.confirm(points[violating]) if violating.numel() else None
 
