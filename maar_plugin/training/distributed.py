@@ -72,6 +72,17 @@ def stop(ranks: Ranks) -> None:
         dist.destroy_process_group()
 
 
+def outlive_main(ranks: Ranks) -> None:
+    """After an error every rank meets: ranks other than 0 wait until rank 0 has exited (its connection
+    closes, or the launcher stops them), so that rank 0 reports the error before the launcher stops it."""
+    if not ranks.distributed or ranks.is_main:
+        return
+    try:
+        dist.barrier()  # rank 0 never enters it
+    except Exception:  # noqa: BLE001 - rank 0 has gone, which is what we waited for
+        pass
+
+
 def on_main(ranks: Ranks, action: Callable[[], T]) -> T | None:
     """Run ``action`` on rank 0 only; a MaarError it raises is raised on every rank, with the same message."""
     if not ranks.distributed:

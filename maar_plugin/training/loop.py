@@ -149,9 +149,12 @@ def train(
         raise MaarError("a configuration is required for a new run")
     device = distributed.start(ranks, resolve_device(config.device))
     try:
-        return _train(config, run_dir, resume, show_progress, log, ranks, device)
-    finally:
-        distributed.stop(ranks)
+        history = _train(config, run_dir, resume, show_progress, log, ranks, device)
+    except MaarError:
+        distributed.outlive_main(ranks)
+        raise
+    distributed.stop(ranks)
+    return history
 
 
 def _discard(line: str) -> None:
