@@ -20,7 +20,7 @@ TINY = dict(
     dataset="mnist", model="mlp-256x2", eps=0.1, epochs=1, warmup_epochs=0, ramp_epochs=1, batch_size=64,
     train_count=197, eval_count=16, eval_pgd_steps=1, eval_crown_count=0, device="cpu", seed=5, lr=1e-3,
 )
-OBJECTIVES = {"natural": {}, "ibp": {}, "maar-ibp": {"lam": 0.5}}
+OBJECTIVES = {"natural": {}, "ibp": {}, "maar-ibp": {"lam": 0.5}, "crown-ibp": {}}
 
 
 def _flags(options: dict) -> list[str]:
@@ -120,3 +120,16 @@ def test_nan_on_one_rank_stops_every_rank_with_one_message(tmp_path):
     assert output.count("loss became nan at epoch 2") == 1
     assert "maar_plugin/" not in output  # no traceback through our code (torchrun adds its own summary)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 0
+
+
+def test_batchnorm_running_means_are_averaged_over_the_ranks(tmp_path):
+    # One step of 16 images, 8 per rank: the first BatchNorm sees the same inputs as in one process, so
+    # the average of the ranks' running means is the one-process running mean (rank 0's alone is not).
+    options = {**TINY, "model": "cnn7", "objective": "natural", "objective_args": {}, "batch_size": 16,
+               "train_count": 16, "eval_count": 4}
+    _train_in_process(options, tmp_path / "one")
+    result = _torchrun(["--out", str(tmp_path / "two"), *_flags(options)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    single, ranks = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    first = next(name for name in single if name.endswith("running_mean"))
+    torch.testing.assert_close(ranks[first], single[first], rtol=1e-5, atol=1e-6)
