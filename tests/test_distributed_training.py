@@ -27,13 +27,13 @@ def _flags(options: dict) -> list[str]:
     flags = []
     for key, value in options.items():
         if key == "objective_args":
-            flags += [part for name, v in value.items() for part in ("-o", f"{name}={v}")]
+            flags += [part for name, argument in value.items() for part in ("-o", f"{name}={argument}")]
         else:
             flags += ["--" + key.replace("_", "-"), str(value)]
     return flags
 
 
-def _torchrun(arguments: list[str], entry: list[str] = ["-m", "maar_plugin"]) -> subprocess.CompletedProcess:
+def _torchrun(arguments: list[str], entry: tuple[str, ...] = ("-m", "maar_plugin")) -> subprocess.CompletedProcess:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                *entry, "train", "--no-progress", *arguments]
@@ -114,7 +114,7 @@ def test_resume_across_world_sizes(tmp_path):
 def test_nan_on_one_rank_stops_every_rank_with_one_message(tmp_path):
     options = {**TINY, "objective": "test-nan-on-rank-1", "warmup_epochs": 1, "epochs": 2}
     result = _torchrun(["--out", str(tmp_path / "run"), *_flags(options)],
-                       entry=[str(ROOT / "tests" / "distributed_nan_entry.py")])
+                       entry=(str(ROOT / "tests" / "distributed_nan_entry.py"),))
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert output.count("loss became nan at epoch 2") == 1

@@ -11,6 +11,7 @@ function here is the identity, so the loop reads the same for 1 and N processes.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
 
@@ -63,7 +64,8 @@ def start(ranks: Ranks, device: torch.device) -> torch.device:
             device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Rank 0 evaluates alone after each epoch while the others wait at the next step's all-reduce.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
     return device
 
 

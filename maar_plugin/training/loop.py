@@ -129,7 +129,7 @@ def train(
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Train (or resume) a run in ``run_dir``; returns the per-epoch metric records.
+    """Train (or resume) a run in ``run_dir``; returns the per-epoch metric records (rank 0's; [] on the others).
 
     Each epoch ends with metrics on a test subset, the metrics files and an atomic checkpoint, so an
     interrupted run resumes from its last finished epoch and reproduces the uninterrupted run exactly
