@@ -44,6 +44,7 @@ def train(run_dir: str, recipe_name: str | None, scale: str, config_file: str | 
 
     Options are layered: defaults <- --recipe <- --config <- flags."""
     from maar_plugin.training.config import load_yaml_mapping
+    from maar_plugin.training.distributed import ranks_from_env
     from maar_plugin.training.loop import train as run_training
     from maar_plugin.training.recipe import config_from_recipe, load_recipe
 
@@ -55,8 +56,15 @@ def train(run_dir: str, recipe_name: str | None, scale: str, config_file: str | 
         file_options = load_yaml_mapping(config_file) if config_file else None
         config = config_from_recipe(recipe.training if recipe else {}, file_options, overrides_from_options(options),
                                     base_args=recipe.base_args if recipe else None)
-    run_training(config, run_dir, resume=resume, show_progress=not no_progress, log=click.echo)
-    click.echo(f"run saved in {run_dir} (metrics.jsonl, metrics.png, checkpoint.pt)")
+    ranks = ranks_from_env()
+    try:
+        run_training(config, run_dir, resume=resume, show_progress=not no_progress, log=click.echo)
+    except MaarError:
+        if ranks.is_main:
+            raise
+        sys.exit(1)  # every rank meets the same error (the ranks agree on it); rank 0 alone says it
+    if ranks.is_main:
+        click.echo(f"run saved in {run_dir} (metrics.jsonl, metrics.png, checkpoint.pt)")
 
 
 @cli.command()

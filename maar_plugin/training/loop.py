@@ -19,6 +19,8 @@ from maar_plugin.models import create_model
 from maar_plugin.objectives import create_objective
 from maar_plugin.training.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
 from maar_plugin.training.config import TrainConfig, save_config
+from maar_plugin.training import distributed
+from maar_plugin.training.distributed import Ranks
 from maar_plugin.training.run_files import load_run_config
 from maar_plugin.training.evaluate import evaluate_robustness
 from maar_plugin.training.metrics_log import plot_metrics, write_metrics
@@ -72,11 +74,11 @@ class _EpochTotals:
     seen: int = 0
     steps: int = 0
 
-    def add(self, parts: dict[str, float], logits: Tensor, labels: Tensor) -> None:
+    def add(self, parts: dict[str, float], correct: int, seen: int) -> None:
         for key, value in parts.items():
             self.parts[key] = self.parts.get(key, 0.0) + value
-        self.correct += int((logits.argmax(dim=1) == labels).sum())
-        self.seen += len(labels)
+        self.correct += correct
+        self.seen += seen
         self.steps += 1
 
     def means(self) -> dict[str, float]:
@@ -90,6 +92,20 @@ def _read_scalars(parts: dict[str, float | Tensor]) -> dict[str, float]:
     tensors = {key: value for key, value in parts.items() if isinstance(value, Tensor)}
     values = torch.stack([value.float().reshape(()) for value in tensors.values()]).tolist() if tensors else []
     return {**parts, **dict(zip(tensors, values))}
+
+
+def _global_step_scalars(
+    parts: dict[str, float | Tensor], logits: Tensor, labels: Tensor, weight: float, device: torch.device,
+    ranks: Ranks,
+) -> tuple[dict[str, float], int, int]:
+    """The loss parts of the global batch (Σ_ranks weight·part: the batch means), its correct and seen counts."""
+    local = _read_scalars(parts)
+    correct = int((logits.argmax(dim=1) == labels).sum()) if weight > 0 else 0
+    seen = len(labels) if weight > 0 else 0
+    if not ranks.distributed:
+        return local, correct, seen
+    summed = distributed.sum_over_ranks([weight * value for value in local.values()] + [correct, seen], device, ranks)
+    return dict(zip(local, summed[:-2])), int(summed[-2]), int(summed[-1])
 
 
 def _save(run_dir: Path, model, optimizer, lr_schedule, epoch: int, history: list[dict]) -> None:
@@ -113,19 +129,44 @@ def train(
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Train (or resume) a run in ``run_dir``; returns the per-epoch metric records.
+    """Train (or resume) a run in ``run_dir``; returns the per-epoch metric records (rank 0's; [] on the others).
 
     Each epoch ends with metrics on a test subset, the metrics files and an atomic checkpoint, so an
     interrupted run resumes from its last finished epoch and reproduces the uninterrupted run exactly
     (on CPU): data order is seeded per epoch and the RNG state is part of the checkpoint.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) the ranks train one model data-parallel (``distributed``): each
+    takes its slice of every global batch of ``batch_size``, and rank 0 alone evaluates, prints and writes.
     """
+    ranks = distributed.ranks_from_env()
+    if not ranks.is_main:
+        log, show_progress = _discard, False
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, resume)
     if resume:
+        _prepare_run_dir(run_dir, resume=True)  # read-only, so every rank checks for itself
         config = load_run_config(run_dir)
     elif config is None:
         raise MaarError("a configuration is required for a new run")
-    device = resolve_device(config.device)
+    device = distributed.start(ranks, resolve_device(config.device))
+    try:
+        history = _train(config, run_dir, resume, show_progress, log, ranks, device)
+    except MaarError:
+        distributed.outlive_main(ranks)
+        raise
+    distributed.stop(ranks)
+    return history
+
+
+def _discard(line: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _train(
+    config: TrainConfig, run_dir: Path, resume: bool, show_progress: bool, log: Callable[[str], None],
+    ranks: Ranks, device: torch.device,
+) -> list[dict]:
+    if not resume:
+        distributed.on_main(ranks, lambda: _prepare_run_dir(run_dir, resume=False))
     info = dataset_info(config.dataset)
     torch.manual_seed(config.seed)
     model = create_model(config.model, info)
@@ -159,20 +200,26 @@ def train(
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         log(f"resuming {run_dir} after epoch {first_epoch} of {config.epochs}")
     else:
-        save_config(config, run_dir / "config.json")
+        distributed.on_main(ranks, lambda: save_config(config, run_dir / "config.json"))
+    distributed.broadcast_model(model, ranks)
 
     device_name = describe_device(device)
+    parameters = list(model.parameters())
     for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
         model.train()
         totals = _EpochTotals(parts={})
-        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(config.seed * 100003 + epoch))
+        epoch_seed = config.seed * 100003 + epoch
+        if ranks.rank > 0:  # own random attack starts per rank; rank 0 keeps the checkpointed stream
+            torch.manual_seed(epoch_seed * 7919 + ranks.rank)
+        order = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(epoch_seed))
         order = order.to(device)
         batches = range(steps_per_epoch)
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show_progress, leave=False)
         for batch_index in bar:
             step = epoch * steps_per_epoch + batch_index
             indices = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
+            indices, weight = distributed.batch_share(indices, ranks)
             x, y = train_images[indices], train_labels[indices]
             eps = schedule.eps(step)
             terms = objective.loss(x, y, eps, schedule.progress(step))
@@ -183,7 +230,7 @@ def train(
                 loss = loss + config.warmup_regularizer * regularizer
                 parts["warmup_reg"] = regularizer.detach()
             parts["total"] = loss.detach()
-            parts = _read_scalars(parts)
+            parts, correct, seen = _global_step_scalars(parts, terms.logits.detach(), y, weight, device, ranks)
             if not math.isfinite(parts["total"]):
                 kept = f"the checkpoint after epoch {len(history)} is kept" if history else "no epoch had finished"
                 raise MaarError(
@@ -192,14 +239,18 @@ def train(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_gradients(parameters, weight, ranks)
             if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                nn.utils.clip_grad_norm_(parameters, config.grad_clip)
             optimizer.step()
-            totals.add(parts, terms.logits.detach(), y)
+            distributed.average_batchnorm_statistics(model, ranks)
+            totals.add(parts, correct, seen)
             bar.set_postfix(loss=f"{parts['total']:.3f}", eps=f"{eps:.3f}")
         bar.close()
         lr_schedule.step()
         train_seconds = time.perf_counter() - started
+        if not ranks.is_main:  # rank 0 alone evaluates and writes; the next step's all-reduce waits for it
+            continue
         accuracies = evaluate_robustness(
             model, eval_images, eval_labels, config.eps, info.num_classes,
             pgd_steps=config.eval_pgd_steps, crown_count=config.eval_crown_count,
@@ -215,6 +266,7 @@ def train(
             "eval_crown_count": min(config.eval_crown_count, len(eval_images)),
             "train_seconds": train_seconds,
             "device_name": device_name,
+            "world_size": ranks.world_size,
             "seconds": time.perf_counter() - started,
         }
         history.append(record)
