@@ -2,7 +2,7 @@
 
     python benchmarks/verifier_comparison.py --instances DIR/instances.csv \\
         --abcrown PATH/alpha-beta-CROWN --abcrown-python PATH/venv/bin/python \\
-        --timeout 60 --limit 15 --out benchmarks/results/comparison [--abcrown-config BASE.yaml]
+        --timeout 60 --limit 15 --out benchmarks/results/comparison [--abcrown-config BASE.yaml] [--threads 1]
 
 Nothing is downloaded or built: bring your own α,β-CROWN checkout and its interpreter. Per instance, one
 after the other, it runs `python -m maar_plugin verify --onnx --vnnlib` (this interpreter) and
@@ -74,7 +74,7 @@ class Row:
         return record
 
 
-def run_measured(command: list[str], cwd: Path, log_path: Path, limit: float, env: dict | None = None
+def run_measured(command: list[str], cwd: Path, log_path: Path, limit: float, env: dict
                  ) -> tuple[int | None, float, float]:
     """Run ``command`` with output to ``log_path``; (exit code or None if killed, wall seconds, peak MB)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -101,14 +101,24 @@ def tail(path: Path, lines: int = 3) -> str:
     return " | ".join(line.strip() for line in text[-lines:])
 
 
-def run_maar(instance: Instance, name: str, timeout: float, out: Path) -> Run:
+def child_env(threads: int | None, pythonpath: Path | None = None) -> dict:
+    """This environment, with ``threads`` OpenMP/MKL threads (None: as is) and ``pythonpath`` prepended."""
+    env = dict(os.environ)
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_maar(instance: Instance, name: str, timeout: float, out: Path, threads: int | None) -> Run:
     """`maar verify` on one instance in its own process; verdict and stage from its log.jsonl."""
     folder = out / "maar" / name
     command = [sys.executable, "-m", "maar_plugin", "verify", "--onnx", str(instance.onnx.resolve()),
                "--vnnlib", str(instance.vnnlib.resolve()), "--timeout", str(timeout), "--out", str(folder),
                "--no-progress"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    code, wall, peak = run_measured(command, REPO, out / "maar" / f"{name}.log", timeout + KILL_GRACE, env)
+    code, wall, peak = run_measured(command, REPO, out / "maar" / f"{name}.log", timeout + KILL_GRACE,
+                                    child_env(threads, REPO))
     records = read_log(folder) if folder.exists() else []
     if code is None:
         return Run("killed", wall, None, peak, message=f"killed after {wall:.0f} s")
@@ -132,7 +142,7 @@ def abcrown_config(base: dict, instance: Instance, timeout: float, results_file:
 
 
 def run_abcrown(instance: Instance, name: str, timeout: float, out: Path, abcrown: Path, python: Path,
-                base: dict) -> Run:
+                base: dict, threads: int | None) -> Run:
     """α,β-CROWN's abcrown.py on one instance; verdict from its results file, its time from 'Time:'."""
     folder = out / "abcrown"
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +152,8 @@ def run_abcrown(instance: Instance, name: str, timeout: float, out: Path, abcrow
     atomic_write_text(config_path, yaml.safe_dump(abcrown_config(base, instance, timeout, results_file.resolve())))
     log_path = folder / f"{name}.log"
     command = [str(python), "abcrown.py", "--config", str(config_path.resolve())]
-    code, wall, peak = run_measured(command, abcrown / "complete_verifier", log_path, timeout + KILL_GRACE)
+    code, wall, peak = run_measured(command, abcrown / "complete_verifier", log_path, timeout + KILL_GRACE,
+                                    child_env(threads))
     if code is None:
         return Run("killed", wall, None, peak, message=f"killed after {wall:.0f} s")
     if not results_file.exists():
@@ -218,6 +229,8 @@ def main() -> None:
     parser.add_argument("--abcrown-config", type=Path, help="base α,β-CROWN YAML (default: its defaults, bab)")
     parser.add_argument("--timeout", type=float, help="seconds per instance for both (default: the csv's, else 60)")
     parser.add_argument("--limit", type=int, help="only the first N instances")
+    parser.add_argument("--threads", type=int,
+                        help="OMP_NUM_THREADS/MKL_NUM_THREADS for both verifiers (default: inherited)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/comparison"), help="results folder")
     args = parser.parse_args()
 
@@ -229,8 +242,9 @@ def main() -> None:
     rows = []
     for instance, name in zip(instances, instance_names(instances)):
         timeout = args.timeout or instance.timeout or 60.0
-        maar = run_maar(instance, name, timeout, out)
-        abcrown = run_abcrown(instance, name, timeout, out, args.abcrown.resolve(), args.abcrown_python, base)
+        maar = run_maar(instance, name, timeout, out, args.threads)
+        abcrown = run_abcrown(instance, name, timeout, out, args.abcrown.resolve(), args.abcrown_python, base,
+                              args.threads)
         rows.append(Row(name, timeout, maar, abcrown))
         print(f"{name}: maar {maar.verdict} ({maar.stage}, {maar.wall_s:.1f} s), "
               f"abcrown {abcrown.verdict} ({abcrown.wall_s:.1f} s)", flush=True)
