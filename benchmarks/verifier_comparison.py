@@ -186,6 +186,8 @@ def summary(rows: list[Row]) -> str:
     both = [row for row in rows if row.maar.verdict in DECIDED and row.abcrown.verdict in DECIDED]
     branching = [row for row in rows if row.maar.stage in BRANCHING_STAGES]
     slower = [row for row in branching if row.ratio is not None and row.ratio > 1]
+    slower_own = [row for row in branching if row.abcrown.verdict in DECIDED and row.maar.own_s
+                  and row.abcrown.own_s and row.maar.own_s > row.abcrown.own_s]
     errors = [row for row in rows if row.maar.verdict in ("error", "killed")]
     lines = [f"instances: {len(rows)}"]
     for name in ("maar", "abcrown"):
@@ -204,8 +206,11 @@ def summary(rows: list[Row]) -> str:
                      + (f", {statistics.median(own):.2f} (own time)" if own else ""))
     lines.append(f"needed branching in maar (stage BaB/MILP): {len(branching)}"
                  + (f" ({', '.join(row.instance for row in branching)})" if branching else ""))
-    lines.append(f"maar slower than abcrown on those: {len(slower)}"
+    lines.append(f"maar slower than abcrown on those, wall time: {len(slower)}"
                  + (f" ({', '.join(f'{row.instance} x{row.ratio:.2f}' for row in slower)})" if slower else ""))
+    own_times = [f"{row.instance} {row.maar.own_s:.1f} vs {row.abcrown.own_s:.1f} s" for row in slower_own]
+    lines.append(f"maar slower than abcrown on those, own time: {len(slower_own)}"
+                 + (f" ({', '.join(own_times)})" if own_times else ""))
     for row in errors:
         lines.append(f"maar {row.maar.verdict} on {row.instance}: {row.maar.message}")
     return "\n".join(lines)
