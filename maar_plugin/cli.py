@@ -140,7 +140,7 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--memory-limit", type=float, help="GB a network may need (larger ones are an error)  [default: 4]")
 @click.option("--milp-max-unstable", type=int,
               help="the MILP decides instances with at most this many unstable ReLUs, branch and bound the others  "
-                   "[default: 40]")
+                   "[default: 16]")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
            out_dir: str | None, resume: bool, shard_text: str | None, no_progress: bool, **flags) -> None:

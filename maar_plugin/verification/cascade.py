@@ -67,7 +67,7 @@ class VerifyOptions:
     tolerance: float = 1e-5
     milp_retry_margin: float = 1e-4
     seed: int = 0
-    milp_max_unstable: int = 40
+    milp_max_unstable: int = 16
     memory_limit: float = 4.0e9
     bab: BabOptions = field(default_factory=BabOptions)
 
