@@ -352,9 +352,6 @@ class _Builder:
         source = self.tensor(computed[0], allow_pads=True)
         self.require_image(node, source)
         own = [int(p) for p in attributes.get("pads", [0, 0, 0, 0])]
-        if any(own) and source.pads and not attributes.get("count_include_pad", 0):
-            raise MaarError(f"AveragePool node {self.label(node)}: padding that excludes the pads from the count, "
-                            "after a Pad, is not supported")
         if any(own) and not attributes.get("count_include_pad", 0):
             raise MaarError(f"AveragePool node {self.label(node)}: count_include_pad=0 with padding is not supported")
         kernel = self.ints(attributes, "kernel_shape")
