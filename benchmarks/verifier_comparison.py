@@ -216,6 +216,19 @@ def summary(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def read_rows(out: Path) -> dict[tuple[str, float], Row]:
+    """The rows of an earlier run in ``out`` (none if it has no comparison.json), by instance and timeout."""
+    path = out / "comparison.json"
+    if not path.exists():
+        return {}
+    rows = {}
+    for record in json.loads(path.read_text()):
+        runs = {name: Run(**{key[len(name) + 1:]: value for key, value in record.items()
+                             if key.startswith(name + "_")}) for name in ("maar", "abcrown")}
+        rows[(record["instance"], record["timeout"])] = Row(record["instance"], record["timeout"], **runs)
+    return rows
+
+
 def write_rows(rows: list[Row], out: Path) -> None:
     records = [row.flat() for row in rows]
     buffer = io.StringIO()
@@ -237,6 +250,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int,
                         help="OMP_NUM_THREADS/MKL_NUM_THREADS for both verifiers (default: inherited)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/comparison"), help="results folder")
+    parser.add_argument("--reuse", action="append", choices=("maar", "abcrown"), default=[],
+                        help="take this verifier's runs from OUT/comparison.json where it has the instance "
+                             "(repeatable; e.g. rerun maar after a change against the same α,β-CROWN runs)")
     args = parser.parse_args()
 
     if not (args.abcrown / "complete_verifier" / "abcrown.py").exists():
@@ -244,12 +260,14 @@ def main() -> None:
     base = yaml.safe_load(args.abcrown_config.read_text()) if args.abcrown_config else {}
     instances = read_instances_csv(args.instances)[:args.limit]
     out = args.out.resolve()
+    earlier = read_rows(out) if args.reuse else {}
     rows = []
     for instance, name in zip(instances, instance_names(instances)):
         timeout = args.timeout or instance.timeout or 60.0
-        maar = run_maar(instance, name, timeout, out, args.threads)
-        abcrown = run_abcrown(instance, name, timeout, out, args.abcrown.resolve(), args.abcrown_python, base,
-                              args.threads)
+        kept = earlier.get((name, timeout))
+        maar = kept.maar if kept and "maar" in args.reuse else run_maar(instance, name, timeout, out, args.threads)
+        abcrown = kept.abcrown if kept and "abcrown" in args.reuse else run_abcrown(
+            instance, name, timeout, out, args.abcrown.resolve(), args.abcrown_python, base, args.threads)
         rows.append(Row(name, timeout, maar, abcrown))
         print(f"{name}: maar {maar.verdict} ({maar.stage}, {maar.wall_s:.1f} s), "
               f"abcrown {abcrown.verdict} ({abcrown.wall_s:.1f} s)", flush=True)

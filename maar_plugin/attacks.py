@@ -25,13 +25,17 @@ def pgd_maximize(
     restarts: int = 1,
     step_size: float | None = None,
     start: Tensor | None = None,
+    step_decay: float = 1.0,
+    stop_above: float | None = None,
 ) -> Tensor:
     """Maximise ``objective(model(x))`` (one value per example, shape [B]) over ``lower <= x <= upper``.
 
     Runs ``restarts`` sign-gradient ascents of ``steps`` steps each; the first starts at ``start`` when
     given, the others at uniform random points of the box. Every iterate is scored and the best point
     per example over all runs is returned (detached). ``step_size`` is absolute; by default each
-    coordinate moves 2.5 · half-width / steps per step, so a run can cross the box (Madry et al. 2018).
+    coordinate moves 2.5 · half-width / steps per step, so a run can cross the box (Madry et al. 2018);
+    ``step_decay`` multiplies the step after every step of a run; with ``stop_above`` the search ends as
+    soon as some example's value exceeds it.
     """
     if lower.shape != upper.shape:
         raise MaarError(f"PGD box bounds differ in shape: {tuple(lower.shape)} vs {tuple(upper.shape)}")
@@ -47,14 +51,18 @@ def pgd_maximize(
                 x = start.detach().clamp(lower, upper)
             else:
                 x = lower + torch.rand_like(lower) * (upper - lower)
+            step_now = step
             for step_index in range(steps + 1):
                 x.requires_grad_(True)
                 value = objective(model(x))
                 _keep_best(best_x, best_value, x.detach(), value.detach())
+                if stop_above is not None and bool((best_value > stop_above).any()):
+                    return best_x
                 if step_index == steps:
                     break
                 (gradient,) = torch.autograd.grad(value.sum(), x)
-                x = torch.max(torch.min(x.detach() + step * gradient.sign(), upper), lower)
+                x = torch.max(torch.min(x.detach() + step_now * gradient.sign(), upper), lower)
+                step_now = step_now * step_decay
     return best_x
 
 

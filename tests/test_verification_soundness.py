@@ -446,3 +446,25 @@ def test_lp_stage_alone_refutes_only_empty_disjuncts_and_reports_real_counterexa
             assert np.allclose(y, loaded.runtime.outputs(x)) and any(np.all(C @ y <= d) for C, d in disjuncts)
             outcomes["sat"] += 1
     assert outcomes["refuted"] >= 3 and outcomes["sat"] >= 2, outcomes
+
+
+def test_pgd_attacks_every_open_disjunct(tmp_path):
+    """Disjunct A (y0 <= -1.5) is unreachable but its slack is often the larger one, disjunct B (y1 >= 0.99)
+    is reachable only at x1 >= 0.99: an ascent on the max over disjuncts follows A from three out of four
+    starts and never moves x1, so the attack must pull towards each disjunct separately. One restart."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2)).eval()
+    with torch.no_grad():   # y = relu(x + 1) - 1 = x on the box [-1, 1]^2
+        model[0].weight.copy_(torch.eye(2)), model[0].bias.fill_(1.0)
+        model[2].weight.copy_(torch.eye(2)), model[2].bias.fill_(-1.0)
+    onnx_path = export(model, tmp_path / "identity.onnx", (1, 2))
+    disjuncts = [(np.array([[1.0, 0.0]]), np.array([-1.5])), (np.array([[0.0, -1.0]]), np.array([-0.99]))]
+    vnnlib = write_vnnlib(tmp_path / "p.vnnlib", -np.ones(2), np.ones(2), 2, disjuncts)
+    loaded = ModelCache().get(onnx_path)
+    options = VerifyOptions(timeout=30, pgd_steps=20, pgd_restarts=1)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        cascade = Cascade(loaded, read_vnnlib_cases(vnnlib, 2, 2), options, deadline=time.monotonic() + 30)
+        (case,) = cascade.cases
+        assert cascade.attack(case), seed
+        x, y = case.counterexample
+        assert x[1] >= 0.99 and np.allclose(y, loaded.runtime.outputs(x))
