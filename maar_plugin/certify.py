@@ -25,7 +25,7 @@ class CertifiedAccuracy:
     ``pgd``: no attack found a counterexample (an upper bound of the true robust accuracy);
     ``ibp`` / ``crown`` / ``alpha_crown``: proved by that bound method or a cheaper one of the cascade;
     ``complete``: proved by any stage, the exact MILP included — the true certified accuracy when
-    ``open`` (unknown, timeout, error) is 0.
+    ``open`` (unknown, timeout, error) is 0; ``retry_timeout``: the time open instances were retried with.
     """
 
     name: str
@@ -39,9 +39,11 @@ class CertifiedAccuracy:
     complete: float
     falsified: int
     open: int
+    retry_timeout: float | None = None
 
 
-def accuracy_from_results(name: str, eps: float, results: list[InstanceResult]) -> CertifiedAccuracy:
+def accuracy_from_results(name: str, eps: float, results: list[InstanceResult],
+                          retry_timeout: float | None = None) -> CertifiedAccuracy:
     count = len(results)
     if count == 0:
         raise MaarError("no instances were verified")
@@ -61,6 +63,7 @@ def accuracy_from_results(name: str, eps: float, results: list[InstanceResult]) 
         complete=percent(sum(r.verdict == "unsat" for r in results)),
         falsified=sum(r.verdict == "sat" for r in results),
         open=sum(r.verdict not in ("sat", "unsat") for r in results),
+        retry_timeout=retry_timeout,
     )
 
 
@@ -94,12 +97,14 @@ def certify(
     options: VerifyOptions | None = None,
     progress: bool = True,
     jobs: int = 1,
+    retry_open: float | None = None,
 ) -> CertifiedAccuracy:
     """Certify a training run (``maar export`` of it) or an ONNX classifier (with ``dataset``) on the
     first ``count`` test images at ``eps``; everything is written under ``out_dir``, resumably.
 
     ``jobs`` > 1 verifies in that many local processes, one shard of the instances each, and computes
-    the accuracies from their merged logs."""
+    the accuracies from their merged logs. ``retry_open`` (seconds) verifies instances left open again
+    with that timeout (also those of the certification being resumed)."""
     if not 0 < eps <= 1:
         raise MaarError(f"--eps must be in (0, 1], got {eps}")
     if jobs < 1:
@@ -124,8 +129,8 @@ def certify(
             raise MaarError(f"{source} is neither a training run directory nor an .onnx file")
     options = options or VerifyOptions(timeout=timeout)
     results = verify_in_processes(read_instances_csv(csv_path), out_dir / "verification", jobs, resume=resume,
-                                  options=options, progress=progress)
-    accuracy = accuracy_from_results(name, eps, results)
+                                  options=options, progress=progress, retry_open=retry_open)
+    accuracy = accuracy_from_results(name, eps, results, retry_open)
     atomic_write_text(out_dir / CERTIFICATE_NAME, json.dumps(asdict(accuracy), indent=2) + "\n")
     return accuracy
 

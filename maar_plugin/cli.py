@@ -141,9 +141,13 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--milp-max-unstable", type=int,
               help="the MILP decides instances with at most this many unstable ReLUs, branch and bound the others  "
                    "[default: 16]")
+@click.option("--retry-open", type=float, metavar="SECONDS",
+              help="verify instances left open (timeout, unknown) again with this timeout; with --resume also "
+                   "those of the earlier run")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
-           out_dir: str | None, resume: bool, shard_text: str | None, no_progress: bool, **flags) -> None:
+           out_dir: str | None, resume: bool, shard_text: str | None, retry_open: float | None, no_progress: bool,
+           **flags) -> None:
     """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, then branch and bound (or the
     LP and an exact MILP on small networks). A single instance whose verdict is `error` exits with status 1."""
     from dataclasses import replace
@@ -194,7 +198,8 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     if rank_shard:
         options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
     progress = not no_progress and not (rank_shard and rank_shard.index > 0)
-    results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard)
+    results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard,
+                               retry_open=retry_open)
     if rank_shard and wait_for_all_ranks():  # torchrun: rank 0 alone merges the shards and prints
         if rank_shard.index == 0:
             merge_summaries(out)
@@ -334,15 +339,18 @@ def objectives_command() -> None:
 @click.option("--resume", is_flag=True, help="continue an interrupted certification in --out")
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="verify in N local processes, one shard of the instances each")
+@click.option("--retry-open", type=float, metavar="SECONDS",
+              help="verify instances left open (timeout, unknown) again with this timeout; with --resume also "
+                   "those of the earlier certification")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def certify(source: str, eps: float, count: int, out_dir: str, timeout: float, dataset: str | None,
-            data_dir: str | None, resume: bool, jobs: int, no_progress: bool) -> None:
+            data_dir: str | None, resume: bool, jobs: int, retry_open: float | None, no_progress: bool) -> None:
     """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
     complete-certified accuracy side by side."""
     from maar_plugin.certify import accuracy_table, certify as run_certify
 
     accuracy = run_certify(source, eps, count, out_dir, timeout=timeout, dataset=dataset, data_dir=data_dir,
-                           resume=resume, progress=not no_progress, jobs=jobs)
+                           resume=resume, progress=not no_progress, jobs=jobs, retry_open=retry_open)
     click.echo(accuracy_table([accuracy]))
 
 

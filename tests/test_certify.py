@@ -52,6 +52,18 @@ def test_certify_refuses_to_overwrite_and_resumes(small_run, tmp_path):
     assert again == first
 
 
+def test_certify_retry_open_decides_what_a_short_timeout_left_open(small_run, tmp_path):
+    """With a timeout no stage fits in, every instance is open; resuming with --retry-open gives the same
+    accuracies as a certification with the long timeout, and the certificate records the retry."""
+    short = certify(small_run, EPS, COUNT, tmp_path / "cert", timeout=1e-6, progress=False)
+    assert short.open == COUNT and short.retry_timeout is None
+    retried = certify(small_run, EPS, COUNT, tmp_path / "cert", timeout=1e-6, resume=True, progress=False,
+                      retry_open=TIMEOUT)
+    direct = certify(small_run, EPS, COUNT, tmp_path / "direct", timeout=TIMEOUT, progress=False)
+    assert retried.retry_timeout == TIMEOUT and retried.open == direct.open
+    assert (retried.complete, retried.falsified) == (direct.complete, direct.falsified)
+
+
 def test_certify_in_two_shard_processes_matches_one_process(small_run, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a worker's share of a small CI runner, so that timeouts fall alike

@@ -63,6 +63,28 @@ def test_verify_instances_writes_results_and_resumes(benchmark, tmp_path):
     assert "net__never" in report.output and "unsat: 1" in report.output and "sat: 1" in report.output
 
 
+def test_retry_open_verifies_only_open_instances_again(benchmark, tmp_path):
+    """A csv timeout too short for any stage leaves `never` open; --resume --retry-open decides it with the
+    longer timeout and leaves the decided instance's record alone."""
+    csv = benchmark / "instances.csv"
+    csv.write_text("../models/net.onnx,always.vnnlib,10\n../models/net.onnx,never.vnnlib,0.000001\n")
+    runner, out = CliRunner(), tmp_path / "results"
+    first = runner.invoke(cli, ["verify", "--instances", str(csv), "--out", str(out), *FAST_FLAGS])
+    assert first.exit_code == 0, first.output
+    assert [r.verdict for r in read_log(out)] == ["sat", "timeout"]
+    retried = runner.invoke(cli, ["verify", "--instances", str(csv), "--out", str(out), "--resume",
+                                  "--retry-open", "20", *FAST_FLAGS])
+    assert retried.exit_code == 0, retried.output
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["instance"], r["verdict"], r["timeout"]) for r in records] == [
+        ("net__always", "sat", 10.0), ("net__never", "timeout", 0.000001), ("net__never", "unsat", 20.0)]
+    assert [r.verdict for r in read_log(out)] == ["sat", "unsat"]
+    assert (out / "results" / "net__never.txt").read_text() == "unsat\n"
+    again = runner.invoke(cli, ["verify", "--instances", str(csv), "--out", str(out), "--resume",
+                                "--retry-open", "20", *FAST_FLAGS])
+    assert again.exit_code == 0 and len((out / "log.jsonl").read_text().splitlines()) == 3
+
+
 def test_verify_single_instance_prints_verdict(benchmark):
     result = CliRunner().invoke(cli, ["verify", "--onnx", str(benchmark.parent / "models" / "net.onnx"),
                                       "--vnnlib", str(benchmark / "never.vnnlib"), "--timeout", "10", *FAST_FLAGS])

@@ -105,9 +105,15 @@ def _evaluation_done(run_dir: Path, eps: float, settings: EvaluationSettings) ->
     return all(done.get(key) == value for key, value in wanted.items())
 
 
-def _certificate_done(certify_dir: Path, count: int) -> bool:
+def _certificate_done(certify_dir: Path, count: int, retry_timeout: float | None) -> bool:
+    """A certificate of ``count`` instances whose open ones were retried with ``retry_timeout`` (if any are)."""
     path = certify_dir / CERTIFICATE_NAME
-    return path.is_file() and json.loads(path.read_text()).get("count") == count
+    if not path.is_file():
+        return False
+    certificate = json.loads(path.read_text())
+    retried = retry_timeout is None or certificate.get("open") == 0 \
+        or (certificate.get("retry_timeout") or 0.0) >= retry_timeout
+    return certificate.get("count") == count and retried
 
 
 @dataclass(frozen=True)
@@ -151,12 +157,13 @@ def _certify_run(task: _Task, jobs: int, log: Callable[[str], None]) -> str:
     """The certification stage of one run in ``jobs`` shard processes (skipped when finished); returns a
     one-line summary of the run."""
     name, config, settings = task.run_dir.name, task.config, task.evaluation
-    if not _certificate_done(task.certify_dir, settings.certify_count):
+    if not _certificate_done(task.certify_dir, settings.certify_count, settings.certify_retry_timeout):
         log(f"{name}: complete verification of {settings.certify_count} test images"
-            + (f" in {jobs} shards" if jobs > 1 else ""))
+            + (f" in {jobs} shards" if jobs > 1 else "")
+            + (f", open ones again with {settings.certify_retry_timeout:g} s" if settings.certify_retry_timeout else ""))
         resume = task.certify_dir.is_dir() and any(task.certify_dir.iterdir())
         certify(task.run_dir, config.eps, settings.certify_count, task.certify_dir, timeout=settings.certify_timeout,
-                resume=resume, progress=task.progress, jobs=jobs)
+                resume=resume, progress=task.progress, jobs=jobs, retry_open=settings.certify_retry_timeout)
     evaluation = json.loads((task.run_dir / EVALUATION_NAME).read_text())
     certificate = json.loads((task.certify_dir / CERTIFICATE_NAME).read_text())
     return (f"{name}: clean {evaluation['clean']:.2f}%  IBP-verified {evaluation['ibp_verified']:.2f}%  "

@@ -161,6 +161,11 @@ def paired_effects(results: list[RunResult]) -> list[dict]:
     return effects
 
 
+def _retry_note(evaluation: dict) -> str:
+    retry = evaluation.get("certify_retry_timeout")
+    return f", open ones again with {retry:g} s" if retry else ""
+
+
 def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
     """The results table (and MAAR's paired effect) of a ``maar reproduce`` folder (or of ``rows`` of it)
     as Markdown."""
@@ -172,7 +177,8 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
         f"Recipe `{plan.recipe}` at {plan.scale} scale. Clean, PGD ({evaluation['pgd_steps']} steps, "
         f"{evaluation['pgd_restarts']} restarts) and IBP-verified accuracy on the first {evaluation['count']} test "
         f"images, CROWN-verified on the first {evaluation['crown_count']}, complete-certified (`maar verify`, "
-        f"{evaluation['certify_timeout']:g} s per instance) on the first {evaluation['certify_count']}; "
+        f"{evaluation['certify_timeout']:g} s per instance{_retry_note(evaluation)}) on the first "
+        f"{evaluation['certify_count']}; "
         "mean ± sample standard deviation over seeds, in percent. *open*: instances left undecided (timeouts), "
         "summed over seeds; complete-certified is exact where it is 0.",
         "",

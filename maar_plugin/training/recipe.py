@@ -27,6 +27,7 @@ class EvaluationSettings:
     pgd_restarts: int = 3
     certify_count: int = 1000
     certify_timeout: float = 60.0
+    certify_retry_timeout: float | None = None   # open instances are verified again with this timeout
 
 
 @dataclass(frozen=True)

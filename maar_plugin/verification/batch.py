@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -133,16 +133,26 @@ def _refuse_earlier_results(out_dir: Path, shard: Shard | None) -> None:
                             "or another --out")
 
 
+def needs_retry(result: InstanceResult, retry_open: float | None) -> bool:
+    """Whether ``result`` is open (timeout, unknown) and was verified with less time than ``retry_open``."""
+    return (retry_open is not None and result.verdict in ("timeout", "unknown")
+            and (result.timeout or 0.0) < retry_open)
+
+
 def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path, resume: bool = False,
                      options: VerifyOptions | None = None, progress: bool = True,
-                     shard: Shard | None = None) -> list[InstanceResult]:
+                     shard: Shard | None = None, retry_open: float | None = None) -> list[InstanceResult]:
     """Verify every instance (``Instance`` or ``(onnx, vnnlib, timeout)``), writing results as they finish.
 
     An instance whose model or property cannot be read is marked ``error`` and the run goes on. With
     ``shard``, only its share is verified, into the shard's own log and summary. With ``resume``,
-    instances already in a log of the folder are skipped and their logged results returned.
+    instances already in a log of the folder are skipped and their logged results returned. With
+    ``retry_open`` (seconds), an instance left open (timeout, unknown) with less time than that, in this
+    run or in the log being resumed, is verified again with that timeout; its new record replaces the old.
     """
     options = options or VerifyOptions()
+    if retry_open is not None and retry_open <= 0:
+        raise MaarError(f"--retry-open must be a positive number of seconds, got {retry_open:g}")
     instances = [item if isinstance(item, Instance) else Instance(Path(item[0]), Path(item[1]), item[2])
                  for item in instances]
     shard = shard if shard is not None and shard.count > 1 else None
@@ -160,11 +170,15 @@ def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path,
     bar = tqdm(total=len(share), disable=not progress, unit="inst", dynamic_ncols=True)
     with open(log_path, "a") as log:
         for index, (name, instance) in share:
-            if name in logged:
-                results.append(logged[name])
+            result = logged.get(name)
+            if result is not None and not needs_retry(result, retry_open):
+                results.append(result)
                 bar.update(1)
                 continue
-            result = _verify_guarded(instance, name, options, cache)
+            if result is None:
+                result = _verify_guarded(instance, name, options, cache)
+            if needs_retry(result, retry_open):
+                result = _verify_guarded(replace(instance, timeout=retry_open), name, options, cache)
             atomic_write_text(out_dir / "results" / f"{name}.txt", result.vnncomp_text())
             log.write(json.dumps({**result.log_record(), "index": index}) + "\n")
             log.flush()
@@ -178,23 +192,26 @@ def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path,
 
 
 def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: int, resume: bool = False,
-                        options: VerifyOptions | None = None, progress: bool = True) -> list[InstanceResult]:
+                        options: VerifyOptions | None = None, progress: bool = True,
+                        retry_open: float | None = None) -> list[InstanceResult]:
     """verify_instances over ``jobs`` local worker processes, one shard each with an equal share of the
     CPU threads (no progress bars); returns the instances' merged results in csv order and writes the
     merged summary.csv."""
     if jobs < 1:
         raise MaarError(f"--jobs must be at least 1, got {jobs}")
     if jobs == 1:
-        return verify_instances(instances, out_dir, resume=resume, options=options, progress=progress)
+        return verify_instances(instances, out_dir, resume=resume, options=options, progress=progress,
+                                retry_open=retry_open)
     shards = [Shard(index, jobs) for index in range(jobs)]
     if not resume:
         for shard in shards:
             _refuse_earlier_results(Path(out_dir), shard)
     names = instance_names(instances)
-    if not (resume and set(names) <= {result.instance for result in read_log(out_dir)}):
+    done = {result.instance for result in read_log(out_dir) if not needs_retry(result, retry_open)} if resume else set()
+    if not set(names) <= done:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_verify_shard, instances, out_dir, resume, options, shard, threads)
+            futures = [pool.submit(_verify_shard, instances, out_dir, resume, options, shard, threads, retry_open)
                        for shard in shards]
             for future in futures:
                 future.result()
@@ -204,11 +221,12 @@ def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: in
 
 
 def _verify_shard(instances: list[Instance], out_dir: str | Path, resume: bool, options: VerifyOptions | None,
-                  shard: Shard, threads: int) -> None:
+                  shard: Shard, threads: int, retry_open: float | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
-    verify_instances(instances, out_dir, resume=resume, options=options, progress=False, shard=shard)
+    verify_instances(instances, out_dir, resume=resume, options=options, progress=False, shard=shard,
+                     retry_open=retry_open)
 
 
 def _drop_torn_last_line(log_path: Path) -> None:

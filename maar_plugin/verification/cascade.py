@@ -411,7 +411,7 @@ def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: flo
     timeout = options.timeout if timeout is None else float(timeout)
     started = time.monotonic()
     result = InstanceResult(instance or f"{Path(onnx_path).stem}__{Path(vnnlib_path).stem}",
-                            str(onnx_path), str(vnnlib_path), verdict="unknown")
+                            str(onnx_path), str(vnnlib_path), verdict="unknown", timeout=timeout)
     try:
         model = cache.get(onnx_path)
         cases = read_vnnlib_cases(vnnlib_path, model.graph.num_inputs, model.graph.num_outputs)

@@ -20,6 +20,7 @@ class InstanceResult:
     ``falsified`` or ``open``; ``stage`` is the first stage whose state is not ``open`` (None if none).
     Bound stages run until one proves, so ``stage`` in BOUND_STAGES is the first bound method that
     certifies the instance on its own (given the disjuncts the earlier bound stages refuted).
+    ``timeout`` is the time limit the instance was verified with.
     """
 
     instance: str
@@ -32,6 +33,7 @@ class InstanceResult:
     stage_verdicts: dict[str, str] = field(default_factory=dict)
     unstable_relus: int | None = None
     message: str = ""
+    timeout: float | None = None
     counterexample: tuple[np.ndarray, np.ndarray] | None = None
 
     def log_record(self) -> dict:
