@@ -147,6 +147,9 @@ class _Case:
         return [i for i, refuted in enumerate(self.refuted) if not refuted]
 
 
+PGD_NEURON_BUDGET = 2_000_000  # ReLU outputs per PGD step (batch × the network's ReLU neurons), see Cascade.attack
+
+
 class _OutOfTime(Exception):
     pass
 
@@ -208,8 +211,10 @@ class Cascade:
                disjuncts: list[int] | None = None, restarts: int | None = None) -> bool:
         """PGD towards each of ``disjuncts`` (default: the open ones) at once: one batch element per restart
         and disjunct, each maximising its own disjunct's smallest row slack ``d - C y`` (a gradient through
-        a max over disjuncts would only ever pull towards one of them). Steps start at a quarter of the
-        box's half-width and shrink by 1 % a step (as α,β-CROWN's attack)."""
+        a max over disjuncts would only ever pull towards one of them). On large networks the batch is cut
+        to ``PGD_NEURON_BUDGET`` ReLU evaluations per step (at least one element per disjunct and
+        ``restarts`` in all, targets taken in turn). Steps start at a quarter of the box's half-width and
+        shrink by 1 % a step (as α,β-CROWN's attack)."""
         disjuncts = case.open_disjuncts() if disjuncts is None else disjuncts
         rows, offsets, owners = _stacked_rows(case.prop, disjuncts)
         device = self.model.bound_stages.device
@@ -219,7 +224,9 @@ class Cascade:
         restarts = self.options.pgd_restarts if restarts is None else restarts
         # Row mask [D, rows]: the rows of each target disjunct; an element's value is its target's min slack.
         mask = owner[None, :] == torch.as_tensor(disjuncts, device=device)[:, None]
-        target = torch.arange(len(disjuncts), device=device).repeat(restarts)
+        affordable = PGD_NEURON_BUDGET // max(1, self.model.graph.relu_neurons())
+        batch = min(restarts * len(disjuncts), max(affordable, restarts, len(disjuncts)))
+        target = torch.arange(batch, device=device) % len(disjuncts)
 
         def violation(outputs: torch.Tensor) -> torch.Tensor:
             slack = d - outputs @ C.T

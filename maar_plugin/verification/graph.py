@@ -17,6 +17,7 @@ Modules a node may hold (the converter emits nothing else):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +126,10 @@ class LayerGraph(nn.Module):
     def relu_indices(self) -> list[int]:
         """Indices of the ReLU nodes, in topological order."""
         return [i for i in range(1, len(self.nodes)) if isinstance(self.module_of(i), nn.ReLU)]
+
+    def relu_neurons(self) -> int:
+        """How many ReLU outputs one forward pass computes (a measure of the network's size)."""
+        return sum(math.prod(self.nodes[i].shape) for i in self.relu_indices())
 
     def node_values(self, x: Tensor) -> list[Tensor]:
         """The value of every node for inputs ``x`` [batch, *example_shape]."""
