@@ -8,6 +8,7 @@ a random δ with 2e-4 <= |δ| <= 2e-2, so about half the properties hold and the
 ``--iterations N`` (N > 0) runs branch and bound with N α/β steps per bound pass and batch 8, which
 leaves β unconverged and provokes domains with every unstable ReLU split; 0 keeps the defaults. The
 table counts outcomes; ``WRONG`` (must stay 0) is a verdict that contradicts the MILP's.
+tests/test_domain_lp.py takes its end-to-end problems from here.
 """
 from __future__ import annotations
 

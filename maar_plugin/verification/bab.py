@@ -8,7 +8,9 @@ score picks (``branching``), and bounds the 2·batch children in one pass of
 from the parent) by projected Adam for ``iterations`` steps. A child whose bound clears the tolerance
 is dropped; every other child's bound-minimising input is run through the network, and points that
 violate their disjunct go to ``search`` (the caller confirms them on the original ONNX model, and may
-attack from them). The property holds when no domain is left; a confirmed point ends the search.
+attack from them). A domain with every unstable ReLU split is affine on the box and is decided
+exactly by one LP (:mod:`~maar_plugin.verification.domain_lp`): dropped when refuted, else its LP
+minimiser goes to ``confirm``. The property holds when no domain is left; a confirmed point ends the search.
 
 Domains are tensors, not objects: per domain its disjunct, its split signs, α and β on the root's
 unstable ReLUs only (a stable ReLU has no slope to choose and is never split), its bound and its next
@@ -160,8 +162,9 @@ class BranchAndBound:
             if bool((domains.choice < 0).any()):
                 found, undecided = self._decide_exhausted(domains.pop(domains.choice < 0), deadline)
                 if undecided:
-                    return BabOutcome("timeout" if time.monotonic() > deadline else "unknown", domains=visited,
-                                      iterations=iterations, message=undecided)
+                    late = time.monotonic() > deadline
+                    return BabOutcome("timeout" if late else "unknown", domains=visited, iterations=iterations,
+                                      message="the deadline passed during an exact LP" if late else undecided)
                 continue
             parents = domains.pop_worst(self.batch_size)
             children = self._split(parents)
@@ -274,8 +277,8 @@ class BranchAndBound:
                 best = torch.where(improved, margin.detach(), best)
                 best_alpha = torch.where(improved[..., None], alpha.detach(), best_alpha)
                 best_beta = torch.where(improved[..., None], beta.detach(), best_beta)
-                if bool((best.max(dim=0).values > 0).all()) or step == iterations - 1:
-                    break
+                if bool((best.max(dim=0).values > 0).all()) or step == iterations - 1 or not self.num_unstable:
+                    break                           # (without unstable ReLUs there is no α or β to optimise)
             optimizer.zero_grad(set_to_none=True)
             (-margin.clamp(max=0).sum()).backward()
             optimizer.step()
