@@ -109,7 +109,7 @@ class FixedPatternLP:
 
     def decide(self, C: Tensor, offsets: Tensor, thresholds: Tensor, split_signs: dict[int, Tensor],
                time_limit: float) -> PatternVerdict:
-        """Decide the domain of ``split_signs`` for the disjunct ``C y <= offsets`` [R, K], [R] (see the module docstring)."""
+        """Decide the domain of ``split_signs`` for the disjunct ``C y <= offsets`` ([R, K], [R]; module docstring)."""
         piece = self.affine_piece(C, split_signs)
         slack = (offsets.double() + thresholds.double()).cpu().numpy()
         # constraints g_k(x) = G_k·x + h_k <= t: rows first, then splits
