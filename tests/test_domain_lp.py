@@ -31,8 +31,8 @@ def mlp_graph(seed: int) -> LayerGraph:
 def conv_graph(seed: int) -> LayerGraph:
     torch.manual_seed(seed)
     nodes = [GraphNode("x", (), (1, 5, 5), None), GraphNode("c1", (0,), (2, 5, 5), 0),
-             GraphNode("r1", (1,), (2, 5, 5), 1), GraphNode("c2", (2,), (2, 3, 3), 2), GraphNode("r2", (3,), (2, 3, 3), 3),
-             GraphNode("flat", (4,), (18,), 4), GraphNode("out", (5,), (3,), 5)]
+             GraphNode("r1", (1,), (2, 5, 5), 1), GraphNode("c2", (2,), (2, 3, 3), 2),
+             GraphNode("r2", (3,), (2, 3, 3), 3), GraphNode("flat", (4,), (18,), 4), GraphNode("out", (5,), (3,), 5)]
     layers = [nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.ReLU(),
               Reshape((18,)), nn.Linear(18, 3)]
     return LayerGraph(nodes, layers, (1, 1, 5, 5)).eval()
