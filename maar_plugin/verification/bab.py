@@ -8,7 +8,9 @@ score picks (``branching``), and bounds the 2·batch children in one pass of
 from the parent) by projected Adam for ``iterations`` steps. A child whose bound clears the tolerance
 is dropped; every other child's bound-minimising input is run through the network, and points that
 violate their disjunct go to ``search`` (the caller confirms them on the original ONNX model, and may
-attack from them). The property holds when no domain is left; a confirmed point ends the search.
+attack from them). A domain with every unstable ReLU split is affine on the box and is decided
+exactly by one LP (:mod:`~maar_plugin.verification.domain_lp`): dropped when refuted, else its LP
+minimiser goes to ``confirm``. The property holds when no domain is left; a confirmed point ends the search.
 
 Domains are tensors, not objects: per domain its disjunct, its split signs, α and β on the root's
 unstable ReLUs only (a stable ReLU has no slope to choose and is never split), its bound and its next
@@ -23,6 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from maar_plugin.verification.domain_lp import FixedPatternLP
 from maar_plugin.verification.split_bounds import SplitBoundEngine, crown_slopes
 
 FLOAT32_ALLOWANCE = 1e-6  # times the bound's term magnitude: rounding of a float32 bound pass
@@ -96,6 +99,14 @@ class _Domains:
             setattr(self, name, getattr(self, name)[kept])
         return picked
 
+    def pop(self, taken: Tensor) -> "_Domains":
+        """Remove and return the domains where the boolean mask ``taken`` is set."""
+        fields = ("disjunct", "signs", "alpha", "beta", "margin", "choice")
+        picked = _Domains(*(getattr(self, name)[taken] for name in fields))
+        for name in fields:
+            setattr(self, name, getattr(self, name)[~taken])
+        return picked
+
 
 class BranchAndBound:
     """One search over one problem (see the module docstring)."""
@@ -105,6 +116,7 @@ class BranchAndBound:
         self.engine, self.options = engine, options
         self.promising: Tensor | None = None     # the least-slack points of the last bound pass, for ``attack``
         self.confirm, self.attack = confirm, attack
+        self.exact: FixedPatternLP | None = None    # decides fully split domains; built when one turns up
         dtype, device = engine.dtype, engine.device
         self.C = problem.C.to(dtype=dtype, device=device)
         self.offsets = problem.offsets.to(dtype=dtype, device=device)
@@ -148,8 +160,12 @@ class BranchAndBound:
                 return BabOutcome("unknown", domains=visited, iterations=iterations,
                                   message=f"more than {self.max_domains} open domains (memory limit)")
             if bool((domains.choice < 0).any()):
-                return BabOutcome("unknown", domains=visited, iterations=iterations,
-                                  message="a domain with every unstable ReLU split is still unproved")
+                found, undecided = self._decide_exhausted(domains.pop(domains.choice < 0), deadline)
+                if undecided:
+                    late = time.monotonic() > deadline
+                    return BabOutcome("timeout" if late else "unknown", domains=visited, iterations=iterations,
+                                      message="the deadline passed during an exact LP" if late else undecided)
+                continue
             parents = domains.pop_worst(self.batch_size)
             children = self._split(parents)
             visited += len(children)
@@ -162,6 +178,28 @@ class BranchAndBound:
         if found is not None:
             return BabOutcome("counterexample", found, domains=visited, iterations=iterations)
         return BabOutcome("proved", domains=visited, iterations=iterations)
+
+    def _decide_exhausted(self, exhausted: _Domains, deadline: float) -> tuple[Tensor | None, str]:
+        """Decide domains with every unstable ReLU split by one exact LP each (:mod:`domain_lp`): refuted ones
+        are dropped, the LP's minimiser of another is confirmed. Returns (a confirmed counterexample, why the
+        search cannot go on); both empty when every domain was refuted."""
+        if self.exact is None:
+            self.exact = FixedPatternLP(self.engine.graph, self.root, self.lower, self.upper, self.engine.device)
+        _, split_signs = self._relu_bounds(exhausted.signs)
+        for k, disjunct in enumerate(exhausted.disjunct.tolist()):
+            verdict = self.exact.decide(self.C[disjunct], self.offsets[disjunct], self.thresholds[disjunct],
+                                        {relu: signs[k] for relu, signs in split_signs.items()},
+                                        deadline - time.monotonic())
+            if verdict.refuted:
+                continue
+            if verdict.point is None:
+                return None, "HiGHS did not solve the exact LP of a domain with every unstable ReLU split"
+            point = torch.as_tensor(verdict.point, dtype=self.engine.dtype, device=self.engine.device)
+            found = self.confirm(point[None])
+            return found, "" if found is not None else (
+                f"a domain with every unstable ReLU split is not refuted by its exact LP (objective "
+                f"{verdict.value:.3g} at its minimiser), whose minimiser does not confirm as a counterexample")
+        return None, ""
 
     def _default_alpha(self, count: int) -> Tensor:
         if not self.num_unstable:
@@ -239,8 +277,8 @@ class BranchAndBound:
                 best = torch.where(improved, margin.detach(), best)
                 best_alpha = torch.where(improved[..., None], alpha.detach(), best_alpha)
                 best_beta = torch.where(improved[..., None], beta.detach(), best_beta)
-                if bool((best.max(dim=0).values > 0).all()) or step == iterations - 1:
-                    break
+                if bool((best.max(dim=0).values > 0).all()) or step == iterations - 1 or not self.num_unstable:
+                    break                           # (without unstable ReLUs there is no α or β to optimise)
             optimizer.zero_grad(set_to_none=True)
             (-margin.clamp(max=0).sum()).backward()
             optimizer.step()

@@ -36,13 +36,16 @@ class SplitBound:
     ``lower`` [R, B]: lower bounds of the rows; ``primal`` [R, B, n]: the input minimising each row's
     final linear bound; ``relu_coefficients``: per ReLU node, the coefficients [R, B, *shape] of its
     output in the bound (for branching); ``magnitude`` [R, B]: the sum of absolute values of the
-    terms added up into ``lower`` (scales the float32 rounding allowance).
+    terms added up into ``lower`` (scales the float32 rounding allowance); ``input_coefficients``
+    [R, B, n]: the final linear bound's coefficients on the input (``lower`` is their minimum over the
+    box plus a constant; with every ReLU stable the bound is the rows' exact affine map).
     """
 
     lower: Tensor
     primal: Tensor
     relu_coefficients: dict[int, Tensor]
     magnitude: Tensor
+    input_coefficients: Tensor
 
 
 class SplitBoundEngine:
@@ -123,7 +126,7 @@ class SplitBoundEngine:
         value = (A_x * centre).sum(-1) - (A_x.abs() * radius).sum(-1)
         magnitude = magnitude + (A_x.abs() * torch.maximum(lower.abs(), upper.abs()).to(self.dtype)).sum(-1)
         primal = torch.where(A_x >= 0, lower.to(self.dtype), upper.to(self.dtype))
-        return SplitBound(value + constant, primal, relu_coefficients, magnitude)
+        return SplitBound(value + constant, primal, relu_coefficients, magnitude, A_x)
 
     def intermediate_bounds(self, lower: Tensor, upper: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
         """CROWN bounds of every ReLU's input over the boxes [B, n], layer by layer (dense: small networks)."""
