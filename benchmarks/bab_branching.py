@@ -1,15 +1,18 @@
-"""Branching strategies of branch and bound side by side: verdict, domains, iterations and seconds.
+"""Branch and bound settings side by side: verdict, domains, iterations and seconds per instance.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bab_branching.py --strategies intercept fsb \\
-        [--suites conv residual 256x2 256x4] [--mnist PATH/mnist_fc] [--timeout 30] [--out DIR]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bab_branching.py --variants intercept fsb \\
+        fsb:branching_candidates=1:iterations=4 [--suites conv residual 256x2 256x4] \\
+        [--mnist PATH/mnist_fc] [--timeout 30] [--out DIR]
+
+A variant is a branching strategy, optionally followed by ``:option=value`` overrides of BabOptions.
 
 Suites: ``conv`` and ``residual``, the 16 seeded networks and properties of tests/test_bab_cascade.py
 (branch and bound forced, as there); ``256x2``, the ten VNN-COMP 2022 mnist_fc 256x2 instances our
 cascade branches on; ``256x4``, all 30 of instances_256x4.csv (``--mnist`` is the benchmark's folder;
-nothing is downloaded). Each instance runs through `maar verify`'s cascade once per strategy, the
-strategies one after the other per instance, so that load on the machine hits them alike. Domains and
+nothing is downloaded). Each instance runs through `maar verify`'s cascade once per variant, the
+variants one after the other per instance, so that load on the machine hits them alike. Domains and
 iterations are branch and bound's own counts (summed over the instance's input boxes), seconds the
-BaB stage's. A ``!`` marks an instance where two strategies decided opposite verdicts (must not happen).
+BaB stage's. A ``!`` marks an instance where two variants decided opposite verdicts (must not happen).
 ``--out`` writes the rows as CSV.
 """
 from __future__ import annotations
@@ -84,8 +87,18 @@ def mnist_cases(root: Path, suite: str, timeout: float) -> list[Case]:
     return cases
 
 
-def measure(case: Case, strategy: str, cache: cascade.ModelCache) -> Measured:
-    """One cascade run with ``strategy``, counting branch and bound's domains and iterations."""
+def bab_options(base: BabOptions, variant: str) -> BabOptions:
+    """``strategy[:option=value...]`` applied to ``base``."""
+    strategy, *overrides = variant.split(":")
+    changes = {"branching": strategy}
+    for override in overrides:
+        name, value = override.split("=")
+        changes[name] = type(getattr(base, name))(value)
+    return replace(base, **changes)
+
+
+def measure(case: Case, variant: str, cache: cascade.ModelCache) -> Measured:
+    """One cascade run with ``variant``, counting branch and bound's domains and iterations."""
     outcomes = []
 
     class Recording(BranchAndBound):
@@ -94,7 +107,7 @@ def measure(case: Case, strategy: str, cache: cascade.ModelCache) -> Measured:
             outcomes.append(outcome)
             return outcome
 
-    options = replace(case.options, bab=replace(case.options.bab, branching=strategy))
+    options = replace(case.options, bab=bab_options(case.options.bab, variant))
     with mock.patch.object(cascade, "BranchAndBound", Recording), contextlib.redirect_stderr(io.StringIO()):
         result = verify_instance(case.onnx, case.vnnlib, options=options, cache=cache)
     return Measured(result.verdict, result.stage, sum(o.domains for o in outcomes),
@@ -103,7 +116,7 @@ def measure(case: Case, strategy: str, cache: cascade.ModelCache) -> Measured:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--strategies", nargs="+", default=["intercept", "fsb"])
+    parser.add_argument("--variants", nargs="+", default=["intercept", "fsb"])
     parser.add_argument("--suites", nargs="+", default=["conv", "residual", "256x2", "256x4"],
                         choices=["conv", "residual", "256x2", "256x4"])
     parser.add_argument("--mnist", type=Path, help="VNN-COMP 2022 mnist_fc folder (for 256x2, 256x4)")
@@ -117,31 +130,32 @@ def main() -> None:
         for suite in ("256x2", "256x4"):
             if suite in args.suites:
                 cases += mnist_cases(args.mnist, suite, args.timeout)
-        header = f"{'instance':24}" + "".join(f" | {s:>7} {'domains':>8} {'iter':>5} {'BaB s':>7}"
-                                                for s in args.strategies)
+        print("   ".join(f"[{index}] {variant}" for index, variant in enumerate(args.variants)))
+        header = f"{'instance':24}" + "".join(f" | [{i}] {'verdict':>7} {'domains':>7} {'iter':>5} {'BaB s':>6}"
+                                                for i in range(len(args.variants)))
         print(header)
         print("-" * len(header))
-        rows, totals = [], {s: [] for s in args.strategies}
+        rows, totals = [], {s: [] for s in args.variants}
         cache = cascade.ModelCache()
         for case in cases:
-            measured = {s: measure(case, s, cache) for s in args.strategies}
+            measured = {s: measure(case, s, cache) for s in args.variants}
             decided = {m.verdict for m in measured.values() if m.verdict in ("sat", "unsat")}
             flag = "!" if len(decided) > 1 else " "
             print(f"{case.name:23}{flag}" + "".join(
-                f" | {m.verdict:>7} {m.domains:8d} {m.iterations:5d} {m.bab_seconds:7.2f}" for m in measured.values()),
+                f" | {m.verdict:>11} {m.domains:7d} {m.iterations:5d} {m.bab_seconds:6.2f}" for m in measured.values()),
                 flush=True)
-            for strategy, m in measured.items():
-                totals[strategy].append((case.suite, m))
-                rows.append({"suite": case.suite, "instance": case.name, "strategy": strategy, "verdict": m.verdict,
+            for variant, m in measured.items():
+                totals[variant].append((case.suite, m))
+                rows.append({"suite": case.suite, "instance": case.name, "variant": variant, "verdict": m.verdict,
                              "stage": m.stage, "domains": m.domains, "iterations": m.iterations,
                              "bab_seconds": m.bab_seconds, "seconds": m.seconds})
     print()
-    print("per suite and strategy: decided, domains (sum), BaB seconds (sum), BaB seconds (median over BaB runs)")
+    print("per suite and variant: decided, domains (sum), BaB seconds (sum), BaB seconds (median where it branched)")
     for suite in args.suites:
-        for strategy in args.strategies:
-            runs = [m for s, m in totals[strategy] if s == suite]
+        for variant in args.variants:
+            runs = [m for s, m in totals[variant] if s == suite]
             branched = [m.bab_seconds for m in runs if m.iterations > 0]
-            print(f"{suite:9} {strategy:7} decided {sum(m.verdict in ('sat', 'unsat') for m in runs):3d}/{len(runs):<3d}"
+            print(f"{suite:9} {variant:24} decided {sum(m.verdict in ('sat', 'unsat') for m in runs):3d}/{len(runs):<3d}"
                   f" domains {sum(m.domains for m in runs):9d}  BaB s {sum(m.bab_seconds for m in runs):8.2f}"
                   f"  median {statistics.median(branched) if branched else 0.0:6.2f}")
     if args.out is not None:

@@ -39,14 +39,14 @@ class BabOptions:
     domain's split (``fsb`` weighs ``branching_candidates`` neurons per score by bounding their children)."""
 
     batch_size: int = 64
-    iterations: int = 8
+    iterations: int = 4
     root_iterations: int = 30
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     memory_limit: float = 2.0e9
     attack_every: int = 10
     input_split_max_inputs: int = 16
-    branching: str = "fsb"
+    branching: str = "intercept"
     branching_candidates: int = 3
 
     def __post_init__(self) -> None:
