@@ -8,7 +8,8 @@ children in one pass of :class:`~maar_plugin.verification.split_bounds.SplitBoun
 their α and β (inherited from the parent) by projected Adam for ``iterations`` steps. A child whose
 bound clears the tolerance is dropped; every other child's bound-minimising input is run through the
 network, and points that violate their disjunct go to ``search`` (the caller confirms them on the
-original ONNX model, and may attack from them). The property holds when no domain is left; a confirmed point ends the search.
+original ONNX model, and may attack from them). The property holds when no domain is left; a
+confirmed point ends the search.
 
 Domains are tensors, not objects: per domain its disjunct, its split signs, α and β on the root's
 unstable ReLUs only (a stable ReLU has no slope to choose and is never split), its bound and its next
