@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 import maar_plugin  # noqa: F401
-from maar_plugin.verification.bab import BabOptions, BabProblem, BranchAndBound
+from maar_plugin.errors import MaarError
+from maar_plugin.verification.bab import BabOptions, BabProblem, BranchAndBound, _Domains
+from maar_plugin.verification.branching import BRANCHING_STRATEGIES
 from maar_plugin.verification.bounds import interval_preactivation_bounds
 from maar_plugin.verification.graph import Add, GraphNode, LayerGraph, Reshape
 from maar_plugin.verification.milp import solve_disjunct
@@ -77,8 +79,8 @@ def milp_verdict(network, lower, upper, C, d) -> str:
     return verdict
 
 
-@pytest.mark.parametrize("seeds", [range(0, 30)])
-def test_verdicts_equal_the_milp_reference(seeds):
+@pytest.mark.parametrize("branching", sorted(BRANCHING_STRATEGIES))
+def test_verdicts_equal_the_milp_reference(branching, seeds=range(0, 30)):
     decided = {"sat": 0, "unsat": 0}
     branched = 0
     for seed in seeds:
@@ -100,15 +102,63 @@ def test_verdicts_equal_the_milp_reference(seeds):
             return None
 
         import time
-        outcome = BranchAndBound(engine, problem, BabOptions(), confirm).run(time.monotonic() + 30)
+        outcome = BranchAndBound(engine, problem, BabOptions(branching=branching), confirm).run(time.monotonic() + 30)
         if outcome.status == "counterexample":
             y = network.forward(outcome.point.double().numpy()[None])[0]
             assert any(np.all(C[k] @ y <= d[k]) for k in range(len(C))), seed
             assert np.all(outcome.point.numpy() >= lower - 1e-6) and np.all(outcome.point.numpy() <= upper + 1e-6)
         if outcome.status == "proved":
-            assert expected == "unsat", (seed, expected)        # soundness: never proved where MILP finds a violation
+            assert expected != "sat", (seed, expected)        # soundness: never proved where MILP finds a violation
             branched += outcome.iterations > 0
         if expected != "ambiguous" and outcome.status in ("proved", "counterexample"):
             assert {"proved": "unsat", "counterexample": "sat"}[outcome.status] == expected, seed
             decided[expected] += 1
     assert decided["sat"] >= 8 and decided["unsat"] >= 8 and branched >= 1, (decided, branched)
+
+
+def test_fsb_splits_an_unsplit_relu_whose_worse_child_beats_the_intercept_choice():
+    """On domains with random splits of a residual conv net: FSB's neuron is unsplit and root-unstable, and
+    where the intercept score's choice was among its candidates, FSB's worse child bounds at least as high."""
+    graph = residual_conv_graph(3)
+    engine = SplitBoundEngine(graph)
+    torch.manual_seed(0)
+    x = torch.rand(36)
+    lower, upper = x - 0.15, x + 0.15
+    root = engine.intermediate_bounds(lower[None], upper[None])
+    label = int(graph(x[None]).argmax())
+    C = torch.stack([torch.eye(3)[label] - torch.eye(3)[j] for j in range(3) if j != label])[:, None]   # [2, 1, 3]
+    problem = BabProblem(C, torch.full((2, 1), 10.0), torch.full((2, 1), 1e-5), lower, upper,   # never refuted
+                         {relu: (low[0], up[0]) for relu, (low, up) in root.items()})
+    search = BranchAndBound(engine, problem, BabOptions(branching="fsb"), lambda points: None)
+    assert search.num_unstable >= 10
+    count = 40
+    signs = torch.where(torch.rand(count, search.num_unstable) < 0.3,
+                        torch.randint(0, 2, (count, search.num_unstable)) * 2 - 1, 0).to(torch.int8)
+    alpha = search._default_alpha(count)
+    domains = _Domains(torch.arange(count) % 2, signs, alpha, torch.zeros_like(alpha), None, None)
+    asked = []
+    child_margins = search._child_margins
+
+    def recording(parents, neurons):
+        asked.append(neurons)
+        return child_margins(parents, neurons)
+
+    search._child_margins = recording
+    kept, _ = search._bound(domains, 3)
+    assert len(kept) == count and len(asked) == 1
+    fsb = kept.choice
+    assert bool((fsb >= 0).all())
+    assert bool((kept.signs.gather(1, fsb[:, None]) == 0).all())
+    assert bool((search.unstable_lower[fsb] < 0).all()) and bool((search.unstable_upper[fsb] > 0).all())
+    search.options = BabOptions(branching="intercept")
+    intercept = search._bound(domains, 3)[0].choice
+    worse = child_margins(kept, torch.stack([fsb, intercept], dim=1)).min(dim=2).values     # [B, 2]
+    compared = (asked[0] == intercept[:, None]).any(dim=1)
+    assert int(compared.sum()) >= len(kept) // 2
+    assert bool((worse[compared, 0] >= worse[compared, 1] - 1e-5).all())
+    assert bool((fsb != intercept).any())      # FSB's choice differs somewhere, so the comparison has teeth
+
+
+def test_unknown_branching_strategy_is_a_one_line_error():
+    with pytest.raises(MaarError, match="unknown branching strategy 'fbs'"):
+        BabOptions(branching="fbs")

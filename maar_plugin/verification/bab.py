@@ -2,15 +2,16 @@
 
 The open disjuncts of a property (each ``C y <= d``: refuted when some row's lower bound of
 ``C_r y − d_r`` clears the tolerance) start as one root domain each. Every iteration takes the
-``batch_size`` domains with the lowest bound (any disjunct), splits each on the ReLU its branching
-score picks (``branching``), and bounds the 2·batch children in one pass of
-:class:`~maar_plugin.verification.split_bounds.SplitBoundEngine`, optimising their α and β (inherited
-from the parent) by projected Adam for ``iterations`` steps. A child whose bound clears the tolerance
-is dropped; every other child's bound-minimising input is run through the network, and points that
-violate their disjunct go to ``search`` (the caller confirms them on the original ONNX model, and may
-attack from them). A domain with every unstable ReLU split is affine on the box and is decided
-exactly by one LP (:mod:`~maar_plugin.verification.domain_lp`): dropped when refuted, else its LP
-minimiser goes to ``confirm``. The property holds when no domain is left; a confirmed point ends the search.
+``batch_size`` domains with the lowest bound (any disjunct), splits each on the ReLU that the
+``branching`` strategy picks (:mod:`~maar_plugin.verification.branching`), and bounds the 2·batch
+children in one pass of :class:`~maar_plugin.verification.split_bounds.SplitBoundEngine`, optimising
+their α and β (inherited from the parent) by projected Adam for ``iterations`` steps. A child whose
+bound clears the tolerance is dropped; every other child's bound-minimising input is run through the
+network, and points that violate their disjunct go to ``search`` (the caller confirms them on the
+original ONNX model, and may attack from them). A domain with every unstable ReLU split is affine on
+the box and is decided exactly by one LP (:mod:`~maar_plugin.verification.domain_lp`): dropped when
+refuted, else its LP minimiser goes to ``confirm``. The property holds when no domain is left; a
+confirmed point ends the search.
 
 Domains are tensors, not objects: per domain its disjunct, its split signs, α and β on the root's
 unstable ReLUs only (a stable ReLU has no slope to choose and is never split), its bound and its next
@@ -25,7 +26,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from maar_plugin.errors import MaarError
+from maar_plugin.verification.branching import BRANCHING_STRATEGIES, BranchingInput
 from maar_plugin.verification.domain_lp import FixedPatternLP
+from maar_plugin.verification.graph import Add, Sub
 from maar_plugin.verification.split_bounds import SplitBoundEngine, crown_slopes
 
 FLOAT32_ALLOWANCE = 1e-6  # times the bound's term magnitude: rounding of a float32 bound pass
@@ -35,16 +39,26 @@ FLOAT32_ALLOWANCE = 1e-6  # times the bound's term magnitude: rounding of a floa
 class BabOptions:
     """``batch_size`` domains are split per iteration (2·batch_size children bounded at once); a network
     with at most ``input_split_max_inputs`` inputs is split on its input box instead
-    (:mod:`~maar_plugin.verification.input_split`)."""
+    (:mod:`~maar_plugin.verification.input_split`). ``branching`` names the strategy that picks each
+    domain's split (``fsb`` weighs ``branching_candidates`` neurons per score by bounding their children)."""
 
     batch_size: int = 64
-    iterations: int = 8
+    iterations: int = 4
     root_iterations: int = 30
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     memory_limit: float = 2.0e9
     attack_every: int = 10
     input_split_max_inputs: int = 16
+    branching: str = "intercept"
+    branching_candidates: int = 3
+
+    def __post_init__(self) -> None:
+        if self.branching not in BRANCHING_STRATEGIES:
+            raise MaarError(f"unknown branching strategy {self.branching!r}; choose from "
+                            f"{', '.join(sorted(BRANCHING_STRATEGIES))}")
+        if self.branching_candidates < 1:
+            raise MaarError(f"branching_candidates must be at least 1, not {self.branching_candidates}")
 
 
 @dataclass(frozen=True)
@@ -140,8 +154,11 @@ class BranchAndBound:
         flat_l = torch.cat([self.root[r][0].reshape(-1)[self.unstable[r]] for r in engine.relus]) if start else None
         flat_u = torch.cat([self.root[r][1].reshape(-1)[self.unstable[r]] for r in engine.relus]) if start else None
         self.unstable_lower, self.unstable_upper = flat_l, flat_u
+        self.unstable_bias = torch.cat([_preactivation_bias(engine, engine.relu_inputs[r])[self.unstable[r]]
+                                        for r in engine.relus]) if start else None
         per_domain = sum(int(l.numel()) for l, _ in self.root.values()) * self.rows * 4 * 24
         self.batch_size = max(1, min(options.batch_size, int(options.memory_limit // max(per_domain, 1)) // 2))
+        self.candidate_chunk = max(2, int(options.memory_limit // max(per_domain, 1)))   # children per FSB pass
         self.max_domains = max(1000, int(options.memory_limit // 4 // max(1, self.num_unstable * (1 + 8 * self.rows))))
 
     def run(self, deadline: float) -> BabOutcome:
@@ -289,9 +306,9 @@ class BranchAndBound:
         open_domains = domain_margin <= 0
         found = self._check_primal(result, C, offsets, open_domains)
         keep = torch.nonzero(open_domains).reshape(-1)
-        choice = self._branching_choice(result, best.argmax(dim=0), domains.signs)[keep]
         kept = _Domains(domains.disjunct[keep], domains.signs[keep], best_alpha.permute(1, 0, 2)[keep],
-                        best_beta.permute(1, 0, 2)[keep], domain_margin[keep], choice)
+                        best_beta.permute(1, 0, 2)[keep], domain_margin[keep], None)
+        kept.choice = self._branching_choice(result, best.argmax(dim=0)[keep], keep, kept)
         return kept, found
 
     def _check_primal(self, result, C: Tensor, offsets: Tensor, open_domains: Tensor) -> Tensor | None:
@@ -311,24 +328,59 @@ class BranchAndBound:
         violating = order[slack[order] <= 0][:8]
         return self.confirm(points[violating]) if violating.numel() else None
 
-    def _branching_choice(self, result, best_row: Tensor, signs: Tensor) -> Tensor:
-        """BaBSR's intercept score (Bunel et al. 2020): per domain the unsplit unstable ReLU whose
-        upper-relaxation intercept costs the best row's bound most; −1 where none is left."""
-        batch = signs.shape[0]
-        if not self.num_unstable:
-            return torch.full((batch,), -1, dtype=torch.long, device=signs.device)
-        columns = torch.arange(batch, device=signs.device)
-        pieces = []
+    def _branching_choice(self, result, best_row: Tensor, columns: Tensor, domains: _Domains) -> Tensor:
+        """Per domain (``columns`` of ``result``, scored on its best row) the neuron that the ``branching``
+        strategy splits next; −1 where every unstable ReLU is split."""
+        batch = len(domains)
+        if not self.num_unstable or not batch:
+            return torch.full((batch,), -1, dtype=torch.long, device=domains.signs.device)
         with torch.no_grad():
-            for relu in self.engine.relus:
-                index = self.unstable[relu]
-                A = result.relu_coefficients[relu].reshape(self.rows, batch, -1)[best_row, columns][:, index]
-                pieces.append(A)
-            A = torch.cat(pieces, dim=1)                                      # [B, U]
-            l, u = self.unstable_lower, self.unstable_upper
-            intercept = u * (-l) / (u - l)
-            score = (-A).clamp(min=0) * intercept + 1e-6 * A.abs() * torch.minimum(u, -l)
-            score = torch.where(signs == 0, score, torch.full_like(score, -torch.inf))
-            choice = score.argmax(dim=1)
-            exhausted = torch.isinf(score.max(dim=1).values)
-        return torch.where(exhausted, torch.full_like(choice, -1), choice)
+            A = torch.cat([result.relu_coefficients[relu].reshape(self.rows, result.lower.shape[1], -1)
+                           [best_row, columns][:, self.unstable[relu]] for relu in self.engine.relus], dim=1)
+            inputs = BranchingInput(A, self.unstable_lower, self.unstable_upper, self.unstable_bias,
+                                    domains.signs == 0, lambda neurons: self._child_margins(domains, neurons))
+            return BRANCHING_STRATEGIES[self.options.branching](inputs, self.options.branching_candidates)
+
+    def _child_margins(self, domains: _Domains, neurons: Tensor) -> Tensor:
+        """Margins [B, M, 2] of the active and inactive child of each domain split on each of its candidate
+        ``neurons`` [B, M]: one bound pass (in chunks within the memory limit) with the parent's α and β."""
+        batch, count = neurons.shape
+        parent = torch.arange(batch, device=neurons.device).repeat_interleave(count)
+        neuron = neurons.reshape(-1)
+        margins = []
+        step = max(1, self.candidate_chunk // 2)
+        for start in range(0, batch * count, step):
+            take = parent[start:start + step]
+            candidates = _Domains(domains.disjunct[take], domains.signs[take], domains.alpha[take],
+                                  domains.beta[take], domains.margin[take], neuron[start:start + step])
+            children = self._split(candidates)
+            margins.append(self._margins(children).reshape(2, -1).T)
+        return torch.cat(margins).reshape(batch, count, 2)
+
+    def _margins(self, domains: _Domains) -> Tensor:
+        """Each domain's margin (its best row's) from one bound pass with its own α and β."""
+        C = self.C[domains.disjunct].transpose(0, 1)
+        offsets = self.offsets[domains.disjunct].T
+        thresholds = self.thresholds[domains.disjunct].T
+        relu_bounds, split_signs = self._relu_bounds(domains.signs)
+        batch = len(domains)
+        slopes = {relu: crown_slopes(*self.root[relu]) for relu in self.engine.relus}
+        result = self.engine.bound(C, self.lower.expand(batch, -1), self.upper.expand(batch, -1), relu_bounds,
+                                   alphas=self._expand(domains.signs, domains.alpha.permute(1, 0, 2), slopes),
+                                   betas=self._expand(domains.signs, domains.beta.permute(1, 0, 2)),
+                                   split_signs=split_signs)
+        margin = result.lower - offsets - thresholds - FLOAT32_ALLOWANCE * result.magnitude
+        return margin.max(dim=0).values
+
+
+def _preactivation_bias(engine: SplitBoundEngine, node: int) -> Tensor:
+    """The constant part of a node (a ReLU's input: its layer's bias; of a sum, the sum of its summands'),
+    flat; BaBSR's stand-in for the pre-activation value. Zero where the node has none (the input, a ReLU)."""
+    if node in engine.constants:
+        return engine.constants[node].reshape(-1)
+    module = engine.graph.module_of(node) if node else None
+    if isinstance(module, (Add, Sub)):
+        first, second = (_preactivation_bias(engine, source) for source in engine.graph.nodes[node].inputs)
+        return first + second if isinstance(module, Add) else first - second
+    size = int(torch.Size(engine.graph.nodes[node].shape).numel())
+    return torch.zeros(size, dtype=engine.dtype, device=engine.device)

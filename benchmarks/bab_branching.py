@@ -1,0 +1,171 @@
+"""Branch and bound settings side by side: verdict, domains, iterations and seconds per instance.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bab_branching.py --variants intercept fsb \\
+        fsb:branching_candidates=1:iterations=4 [--suites conv residual 256x2 256x4] \\
+        [--mnist PATH/mnist_fc] [--timeout 30] [--out DIR]
+
+A variant is a branching strategy, optionally followed by ``:option=value`` overrides of BabOptions.
+
+Suites: ``conv`` and ``residual``, the 16 seeded networks and properties of tests/test_bab_cascade.py
+(branch and bound forced, as there); ``256x2``, the ten VNN-COMP 2022 mnist_fc 256x2 instances our
+cascade branches on; ``256x4``, all 30 of instances_256x4.csv (``--mnist`` is the benchmark's folder;
+nothing is downloaded). Each instance runs through `maar verify`'s cascade once per variant, the
+variants one after the other per instance, so that load on the machine hits them alike. Domains and
+iterations are branch and bound's own counts (summed over the instance's input boxes), seconds the
+BaB stage's. A ``!`` marks an instance where two variants decided opposite verdicts (must not happen).
+``--out`` writes the rows as CSV.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+from maar_plugin.atomic import atomic_write_text
+from maar_plugin.verification import VerifyOptions, cascade, verify_instance
+from maar_plugin.verification.bab import BabOptions, BranchAndBound
+
+REPO = Path(__file__).resolve().parent.parent
+MNIST_256X2 = ("prop_4_0.03", "prop_6_0.03", "prop_8_0.03", "prop_0_0.05", "prop_4_0.05", "prop_9_0.05",
+               "prop_10_0.05", "prop_11_0.05", "prop_13_0.05", "prop_14_0.05")
+
+
+@dataclass
+class Case:
+    suite: str
+    name: str
+    onnx: Path
+    vnnlib: Path
+    options: VerifyOptions
+
+
+@dataclass
+class Measured:
+    verdict: str
+    stage: str | None
+    domains: int
+    iterations: int
+    bab_seconds: float
+    seconds: float
+
+
+def seeded_cases(folder: Path, timeout: float) -> list[Case]:
+    """The tests' 16 conv and 16 residual networks with their properties, exported into ``folder``."""
+    sys.path.insert(0, str(REPO))
+    from tests.test_bab_cascade import BAB, ResidualNet, conv_net, robustness_property
+    from tests.test_verification_soundness import export
+
+    cases = []
+    for suite, make, shape in (("conv", conv_net, (1, 1, 8, 8)), ("residual", ResidualNet, (1, 6))):
+        for seed in range(16):
+            rng = np.random.default_rng(seed)
+            model = make(seed)
+            onnx_path = export(model, folder / f"{suite}{seed}.onnx", shape)
+            prop = robustness_property(folder / f"{suite}{seed}.vnnlib", model, shape, rng,
+                                       float(rng.uniform(0.05, 0.3)))
+            cases.append(Case(suite, f"{suite} seed {seed}", onnx_path, prop, replace(BAB, timeout=timeout)))
+    return cases
+
+
+def mnist_cases(root: Path, suite: str, timeout: float) -> list[Case]:
+    options = VerifyOptions(timeout=timeout)
+    cases = []
+    with open(root / f"instances_{suite}.csv") as handle:
+        for onnx, vnnlib, _ in csv.reader(handle):
+            name = Path(vnnlib).stem
+            if suite == "256x4" or name in MNIST_256X2:
+                cases.append(Case(suite, f"{suite} {name}", root / onnx, root / vnnlib, options))
+    return cases
+
+
+def bab_options(base: BabOptions, variant: str) -> BabOptions:
+    """``strategy[:option=value...]`` applied to ``base``."""
+    strategy, *overrides = variant.split(":")
+    changes = {"branching": strategy}
+    for override in overrides:
+        name, value = override.split("=")
+        changes[name] = type(getattr(base, name))(value)
+    return replace(base, **changes)
+
+
+def measure(case: Case, variant: str, cache: cascade.ModelCache) -> Measured:
+    """One cascade run with ``variant``, counting branch and bound's domains and iterations."""
+    outcomes = []
+
+    class Recording(BranchAndBound):
+        def run(self, deadline):
+            outcome = super().run(deadline)
+            outcomes.append(outcome)
+            return outcome
+
+    options = replace(case.options, bab=bab_options(case.options.bab, variant))
+    with mock.patch.object(cascade, "BranchAndBound", Recording), contextlib.redirect_stderr(io.StringIO()):
+        result = verify_instance(case.onnx, case.vnnlib, options=options, cache=cache)
+    return Measured(result.verdict, result.stage, sum(o.domains for o in outcomes),
+                    sum(o.iterations for o in outcomes), result.stage_seconds.get("BaB", 0.0), result.seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", nargs="+", default=["intercept", "fsb"])
+    parser.add_argument("--suites", nargs="+", default=["conv", "residual", "256x2", "256x4"],
+                        choices=["conv", "residual", "256x2", "256x4"])
+    parser.add_argument("--mnist", type=Path, help="VNN-COMP 2022 mnist_fc folder (for 256x2, 256x4)")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if {"256x2", "256x4"} & set(args.suites) and args.mnist is None:
+        parser.error("--mnist is needed for the suites 256x2 and 256x4")
+    with tempfile.TemporaryDirectory() as folder:
+        cases = [case for case in seeded_cases(Path(folder), args.timeout) if case.suite in args.suites]
+        for suite in ("256x2", "256x4"):
+            if suite in args.suites:
+                cases += mnist_cases(args.mnist, suite, args.timeout)
+        print("   ".join(f"[{index}] {variant}" for index, variant in enumerate(args.variants)))
+        header = f"{'instance':24}" + "".join(f" | [{i}] {'verdict':>7} {'domains':>7} {'iter':>5} {'BaB s':>6}"
+                                                for i in range(len(args.variants)))
+        print(header)
+        print("-" * len(header))
+        rows, totals = [], {s: [] for s in args.variants}
+        cache = cascade.ModelCache()
+        for case in cases:
+            measured = {s: measure(case, s, cache) for s in args.variants}
+            decided = {m.verdict for m in measured.values() if m.verdict in ("sat", "unsat")}
+            flag = "!" if len(decided) > 1 else " "
+            print(f"{case.name:23}{flag}" + "".join(
+                f" | {m.verdict:>11} {m.domains:7d} {m.iterations:5d} {m.bab_seconds:6.2f}" for m in measured.values()),
+                flush=True)
+            for variant, m in measured.items():
+                totals[variant].append((case.suite, m))
+                rows.append({"suite": case.suite, "instance": case.name, "variant": variant, "verdict": m.verdict,
+                             "stage": m.stage, "domains": m.domains, "iterations": m.iterations,
+                             "bab_seconds": m.bab_seconds, "seconds": m.seconds})
+    print()
+    print("per suite and variant: decided, domains (sum), BaB seconds (sum), BaB seconds (median where it branched)")
+    for suite in args.suites:
+        for variant in args.variants:
+            runs = [m for s, m in totals[variant] if s == suite]
+            branched = [m.bab_seconds for m in runs if m.iterations > 0]
+            print(f"{suite:9} {variant:24} decided {sum(m.verdict in ('sat', 'unsat') for m in runs):3d}/{len(runs):<3d}"
+                  f" domains {sum(m.domains for m in runs):9d}  BaB s {sum(m.bab_seconds for m in runs):8.2f}"
+                  f"  median {statistics.median(branched) if branched else 0.0:6.2f}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(args.out / "bab_branching.csv", buffer.getvalue())
+
+
+if __name__ == "__main__":
+    main()
