@@ -1,6 +1,8 @@
 """Branch and bound on ReLU splits: sound bounds, and verdicts equal to the MILP's on random networks."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -144,14 +146,14 @@ def test_fsb_splits_an_unsplit_relu_whose_worse_child_beats_the_intercept_choice
         return child_margins(parents, neurons)
 
     search._child_margins = recording
-    kept, _ = search._bound(domains, 3)
+    kept, _ = search._bound(domains, 3, math.inf)
     assert len(kept) == count and len(asked) == 1
     fsb = kept.choice
     assert bool((fsb >= 0).all())
     assert bool((kept.signs.gather(1, fsb[:, None]) == 0).all())
     assert bool((search.unstable_lower[fsb] < 0).all()) and bool((search.unstable_upper[fsb] > 0).all())
     search.options = BabOptions(branching="intercept")
-    intercept = search._bound(domains, 3)[0].choice
+    intercept = search._bound(domains, 3, math.inf)[0].choice
     worse = child_margins(kept, torch.stack([fsb, intercept], dim=1)).min(dim=2).values     # [B, 2]
     compared = (asked[0] == intercept[:, None]).any(dim=1)
     assert int(compared.sum()) >= len(kept) // 2

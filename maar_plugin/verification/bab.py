@@ -157,7 +157,8 @@ class BranchAndBound:
         self.unstable_bias = torch.cat([_preactivation_bias(engine, engine.relu_inputs[r])[self.unstable[r]]
                                         for r in engine.relus]) if start else None
         per_domain = sum(int(l.numel()) for l, _ in self.root.values()) * self.rows * 4 * 24
-        self.batch_size = max(1, min(options.batch_size, int(options.memory_limit // max(per_domain, 1)) // 2))
+        # the 2·batch children of one pass take at most half the memory limit, the stored domains a quarter
+        self.batch_size = max(1, min(options.batch_size, int(options.memory_limit // max(per_domain, 1)) // 4))
         self.candidate_chunk = max(2, int(options.memory_limit // max(per_domain, 1)))   # children per FSB pass
         self.max_domains = max(1000, int(options.memory_limit // 4 // max(1, self.num_unstable * (1 + 8 * self.rows))))
 
@@ -167,7 +168,8 @@ class BranchAndBound:
         signs = torch.zeros(count, self.num_unstable, dtype=torch.int8, device=self.engine.device)
         alpha = self._default_alpha(count)
         beta = torch.zeros_like(alpha)
-        domains, found = self._bound(_Domains(disjuncts, signs, alpha, beta, None, None), self.options.root_iterations)
+        domains, found = self._bound(_Domains(disjuncts, signs, alpha, beta, None, None), self.options.root_iterations,
+                                     deadline)
         visited, iterations = count, 0
         while found is None and len(domains):
             if time.monotonic() > deadline:
@@ -187,7 +189,7 @@ class BranchAndBound:
             children = self._split(parents)
             visited += len(children)
             iterations += 1
-            bounded, found = self._bound(children, self.options.iterations)
+            bounded, found = self._bound(children, self.options.iterations, deadline)
             domains.append(bounded)
             if found is None and self.attack is not None and self.promising is not None \
                     and iterations % self.options.attack_every == 0:
@@ -268,9 +270,10 @@ class BranchAndBound:
             dense_signs[relu] = sign.reshape(batch, *l.shape)
         return bounds, dense_signs
 
-    def _bound(self, domains: _Domains, iterations: int) -> tuple[_Domains, Tensor | None]:
-        """Optimise and bound the domains; return the unproved ones (with their branching choice) and a
-        confirmed counterexample, if one turned up."""
+    def _bound(self, domains: _Domains, iterations: int, deadline: float) -> tuple[_Domains, Tensor | None]:
+        """Optimise and bound the domains (fewer steps where the deadline passes: every step's bound is
+        sound); return the unproved ones (with their branching choice) and a confirmed counterexample, if
+        one turned up."""
         batch = len(domains)
         C = self.C[domains.disjunct].transpose(0, 1)              # [R, B, K]
         offsets = self.offsets[domains.disjunct].T                # [R, B]
@@ -294,7 +297,8 @@ class BranchAndBound:
                 best = torch.where(improved, margin.detach(), best)
                 best_alpha = torch.where(improved[..., None], alpha.detach(), best_alpha)
                 best_beta = torch.where(improved[..., None], beta.detach(), best_beta)
-                if bool((best.max(dim=0).values > 0).all()) or step == iterations - 1 or not self.num_unstable:
+                if bool((best.max(dim=0).values > 0).all()) or step == iterations - 1 or not self.num_unstable \
+                        or time.monotonic() > deadline:
                     break                           # (without unstable ReLUs there is no α or β to optimise)
             optimizer.zero_grad(set_to_none=True)
             (-margin.clamp(max=0).sum()).backward()
