@@ -22,6 +22,32 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+def verifier_options(command):
+    """--verifier, --abcrown, --abcrown-python: who decides the instances (``maar verify/certify/reproduce``)."""
+    command = click.option("--abcrown-python", type=click.Path(dir_okay=False),
+                           help="the Python that runs α,β-CROWN  [default: this one]")(command)
+    command = click.option("--abcrown", "abcrown_checkout", type=click.Path(file_okay=False),
+                           help="an α,β-CROWN checkout (the folder holding complete_verifier/abcrown.py)")(command)
+    return click.option("--verifier", "verifier_name", type=click.Choice(["maar", "abcrown"]), default="maar",
+                        show_default=True,
+                        help="our cascade, or α,β-CROWN (one process per batch; needs --abcrown)")(command)
+
+
+def make_verifier(name: str, checkout: str | None, python: str | None, config: dict | None = None):
+    """None for our cascade, else the α,β-CROWN back end (``config``: an α,β-CROWN config to run with)."""
+    if name == "maar":
+        if checkout or python:
+            raise MaarError("--abcrown and --abcrown-python go with --verifier abcrown")
+        return None
+    if not checkout:
+        raise MaarError("--verifier abcrown needs --abcrown PATH, the α,β-CROWN checkout")
+    from pathlib import Path
+
+    from maar_plugin.verification.abcrown_backend import AbcrownVerifier
+
+    return AbcrownVerifier(Path(checkout), Path(python) if python else Path(sys.executable), config)
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="maar-plugin")
 def cli() -> None:
@@ -142,10 +168,14 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
               help="the MILP decides instances with at most this many unstable ReLUs, branch and bound the others  "
                    "[default: 16]")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@verifier_options
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
-           out_dir: str | None, resume: bool, shard_text: str | None, no_progress: bool, **flags) -> None:
+           out_dir: str | None, resume: bool, shard_text: str | None, no_progress: bool, verifier_name: str,
+           abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
     """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, then branch and bound (or the
-    LP and an exact MILP on small networks). A single instance whose verdict is `error` exits with status 1."""
+    LP and an exact MILP on small networks), or with α,β-CROWN (--verifier abcrown). A single instance whose
+    verdict is `error` exits with status 1."""
+    import tempfile
     from dataclasses import replace
     from pathlib import Path
 
@@ -164,12 +194,19 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         raise MaarError(f"--shard {shard_text} under torchrun (RANK/WORLD_SIZE set), which picks the shard itself: "
                         "give one of them")
     shard = parse_shard(shard_text) if shard_text else rank_shard
+    cascade_flags = [f"--{key.replace('_', '-')}" for key in _CASCADE_FLAGS if flags.get(key) is not None]
+    if verifier_name == "abcrown" and cascade_flags:
+        raise MaarError(f"{', '.join(cascade_flags)}: settings of our cascade; with --verifier abcrown set them in "
+                        "the α,β-CROWN config (--config)")
     options = VerifyOptions()
+    verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python)
     if config_file:
         job = read_abcrown_config(config_file)
         for note in job.notes:
             click.echo(f"note: {note}", err=True)
-        if job.ignored_keys:
+        if verifier is not None:
+            verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python, job.document)
+        elif job.ignored_keys:
             click.echo(f"warning: ignoring α,β-CROWN keys with no equivalent here: {', '.join(job.ignored_keys)}",
                        err=True)
         options = replace(options, **job.options)
@@ -183,7 +220,11 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         flags["memory_limit"] = flags["memory_limit"] * 1e9
     options = replace(options, **{key: value for key, value in flags.items() if value is not None})
     if default_out is None and out_dir is None:
-        result = verify_instance(onnx_path, vnnlib_path, options=options)
+        if verifier is None:
+            result = verify_instance(onnx_path, vnnlib_path, options=options)
+        else:
+            with tempfile.TemporaryDirectory(prefix="maar-abcrown-") as scratch:
+                (result,) = verify_instances(instances, scratch, options=options, progress=False, verifier=verifier)
         click.echo(instance_table([result]))
         if result.verdict == "sat":
             click.echo(result.vnncomp_text(), nl=False)
@@ -194,7 +235,8 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     if rank_shard:
         options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
     progress = not no_progress and not (rank_shard and rank_shard.index > 0)
-    results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard)
+    results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard,
+                               verifier=verifier)
     if rank_shard and wait_for_all_ranks():  # torchrun: rank 0 alone merges the shards and prints
         if rank_shard.index == 0:
             merge_summaries(out)
@@ -264,8 +306,10 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="training device")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@verifier_options
 def reproduce_command(setting: str, model: str, recipe_name: str | None, objectives: str, seeds: str, out_dir: str,
-                      scale: str, jobs: int, device: str, no_progress: bool) -> None:
+                      scale: str, jobs: int, device: str, no_progress: bool, verifier_name: str,
+                      abcrown_checkout: str | None, abcrown_python: str | None) -> None:
     """Train every objective × seed of a recipe, evaluate each run, verify it completely; resumable.
 
     SETTING is e.g. mnist-eps0.3; `maar report OUT` then prints the table."""
@@ -273,7 +317,8 @@ def reproduce_command(setting: str, model: str, recipe_name: str | None, objecti
 
     rows = [row.label for row in parse_rows(objectives)]
     reproduce(recipe_name or f"{setting}-{model}", rows, parse_seeds(seeds), out_dir, scale=scale, jobs=jobs,
-              device=device, progress=not no_progress, log=click.echo)
+              device=device, progress=not no_progress, log=click.echo,
+              verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python))
     click.echo(markdown_report(out_dir), nl=False)
 
 
@@ -335,14 +380,17 @@ def objectives_command() -> None:
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="verify in N local processes, one shard of the instances each")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@verifier_options
 def certify(source: str, eps: float, count: int, out_dir: str, timeout: float, dataset: str | None,
-            data_dir: str | None, resume: bool, jobs: int, no_progress: bool) -> None:
+            data_dir: str | None, resume: bool, jobs: int, no_progress: bool, verifier_name: str,
+            abcrown_checkout: str | None, abcrown_python: str | None) -> None:
     """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
-    complete-certified accuracy side by side."""
+    complete-certified accuracy side by side (with --verifier abcrown: complete-certified only)."""
     from maar_plugin.certify import accuracy_table, certify as run_certify
 
     accuracy = run_certify(source, eps, count, out_dir, timeout=timeout, dataset=dataset, data_dir=data_dir,
-                           resume=resume, progress=not no_progress, jobs=jobs)
+                           resume=resume, progress=not no_progress, jobs=jobs,
+                           verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python))
     click.echo(accuracy_table([accuracy]))
 
 
@@ -362,6 +410,9 @@ def demo(out_dir: str, count: int, timeout: float, no_progress: bool) -> None:
                f"{history[-1]['eval_crown_count']}):\n  " + format_epoch(history[-1], len(history)))
     click.echo(f"\ncomplete verification of the first {accuracy.count} test images:")
     click.echo(accuracy_table([accuracy]))
+
+
+_CASCADE_FLAGS = ("pgd_steps", "pgd_restarts", "alpha_iterations", "memory_limit", "milp_max_unstable")
 
 
 def main() -> None:

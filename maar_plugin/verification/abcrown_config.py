@@ -34,9 +34,11 @@ _CONSISTENT_KEYS = {"general.complete_verifier", "general.enable_incomplete_veri
 
 @dataclass
 class AbcrownJob:
-    """What a config asks for: the instances, option overrides (VerifyOptions field → value), ignored keys."""
+    """What a config asks for: the instances, option overrides (VerifyOptions field → value), ignored keys,
+    and the config itself (what ``--verifier abcrown`` runs)."""
 
     instances: list[Instance]
+    document: dict = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)
     ignored_keys: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -76,7 +78,7 @@ def read_abcrown_config(path: str | Path) -> AbcrownJob:
         options["device"] = "cpu"
     ignored = sorted(key for key in flat if key not in _OPTION_KEYS and key not in _PATH_KEYS
                      and key not in _CONSISTENT_KEYS)
-    return AbcrownJob(_instances(path, flat), options, ignored, notes)
+    return AbcrownJob(_instances(path, flat), document, options, ignored, notes)
 
 
 def _instances(path: Path, flat: dict[str, object]) -> list[Instance]:
