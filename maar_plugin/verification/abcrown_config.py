@@ -1,8 +1,8 @@
 """Read the keys of an existing α,β-CROWN YAML config that map onto ``maar verify``.
 
 Mapped: ``model.onnx_path`` + ``specification.vnnlib_path`` (one instance) or ``general.root_path`` +
-``general.csv_name`` (a VNN-COMP instances.csv; ``${CONFIG_PATH}`` is the config's folder, as in
-α,β-CROWN), ``bab.timeout``, ``general.device``, ``general.seed``, ``solver.alpha-crown.iteration``,
+``general.csv_name`` (a VNN-COMP instances.csv, its rows ``data.start`` to ``data.end`` as in α,β-CROWN;
+``${CONFIG_PATH}`` is the config's folder, as in α,β-CROWN), ``bab.timeout``, ``general.device``, ``general.seed``, ``solver.alpha-crown.iteration``,
 ``attack.pgd_restarts``, ``attack.pgd_steps``. Keys that describe what this cascade always does
 (complete verification after incomplete bounds, PGD first, the input shape the ONNX file gives) are
 accepted silently; every other key is reported as ignored. ``Customized(...)`` entries name Python
@@ -27,7 +27,8 @@ _OPTION_KEYS = {
     "attack.pgd_restarts": "pgd_restarts",
     "attack.pgd_steps": "pgd_steps",
 }
-_PATH_KEYS = {"model.onnx_path", "specification.vnnlib_path", "general.root_path", "general.csv_name"}
+_PATH_KEYS = {"model.onnx_path", "specification.vnnlib_path", "general.root_path", "general.csv_name", "data.start",
+              "data.end"}
 _CONSISTENT_KEYS = {"general.complete_verifier", "general.enable_incomplete_verification", "model.input_shape",
                     "attack.pgd_order"}
 
@@ -91,6 +92,13 @@ def _instances(path: Path, flat: dict[str, object]) -> list[Instance]:
     csv_name = flat.get("general.csv_name")
     if csv_name:
         base = root if root is not None else Path.cwd()
-        return read_instances_csv(base / str(csv_name), root=base)
+        rows = read_instances_csv(base / str(csv_name), root=base)
+        start, end = flat.get("data.start"), flat.get("data.end")
+        if not all(value is None or isinstance(value, int) for value in (start, end)):
+            raise MaarError(f"{path}: data.start and data.end must be whole numbers (csv rows)")
+        selected = rows[start:end]
+        if not selected:
+            raise MaarError(f"{path}: data.start {start} / data.end {end} select none of the {len(rows)} csv rows")
+        return selected
     raise MaarError(f"{path}: the config names no instances (model.onnx_path + specification.vnnlib_path, "
                     "or general.root_path + general.csv_name)")
