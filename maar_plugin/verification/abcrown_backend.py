@@ -146,7 +146,8 @@ class _Process:
             cwd=Path(self.verifier.checkout) / "complete_verifier", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=environment, text=True, errors="replace", start_new_session=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=_pump, args=(self.process.stdout, self.lines, self.log), daemon=True).start()
+        self.reader = threading.Thread(target=_pump, args=(self.process.stdout, self.lines, self.log), daemon=True)
+        self.reader.start()
         self.last_lines: list[str] = []
 
     def outcomes(self) -> Iterator[tuple[int, str, float, str]]:
@@ -166,13 +167,12 @@ class _Process:
                 yield current, "timeout", seconds, (f"α,β-CROWN ran {self.verifier.grace:g} s past the "
                                                              "timeout and was stopped")
                 return
-            if line is None:
+            if line is None:  # the output has ended: the process is exiting
+                code = self.process.wait()
                 if current is not None:
-                    code = self.process.wait()
                     yield current, "error", time.monotonic() - started, (
                         f"α,β-CROWN exited with status {code}: {self._last_words()}")
                 elif not self.started_any:
-                    code = self.process.wait()
                     raise MaarError(f"α,β-CROWN exited with status {code} before its first instance: "
                                     f"{self._last_words()} (see {self.log_path})")
                 return
@@ -198,10 +198,11 @@ class _Process:
         return self.last_lines[-1][:200] if self.last_lines else "no output"
 
     def stop(self) -> None:
-        """Kill the process (and what it started) if it still runs; close its log."""
+        """Kill the process (and what it started) if it still runs; close its log once all output is in."""
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self.reader.join(timeout=10)
         self.log.close()
 
 
