@@ -199,14 +199,12 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         raise MaarError(f"{', '.join(cascade_flags)}: settings of our cascade; with --verifier abcrown set them in "
                         "the α,β-CROWN config (--config)")
     options = VerifyOptions()
-    verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python)
-    if config_file:
-        job = read_abcrown_config(config_file)
+    job = read_abcrown_config(config_file) if config_file else None
+    verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python, job.document if job else None)
+    if job:
         for note in job.notes:
             click.echo(f"note: {note}", err=True)
-        if verifier is not None:
-            verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python, job.document)
-        elif job.ignored_keys:
+        if job.ignored_keys and verifier is None:  # α,β-CROWN itself honours them all
             click.echo(f"warning: ignoring α,β-CROWN keys with no equivalent here: {', '.join(job.ignored_keys)}",
                        err=True)
         options = replace(options, **job.options)
