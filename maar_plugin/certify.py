@@ -10,8 +10,9 @@ from maar_plugin.atomic import atomic_write_text
 from maar_plugin.data import dataset_info, load_dataset
 from maar_plugin.errors import MaarError
 from maar_plugin.export import export_run, write_benchmark_files
-from maar_plugin.verification import (InstanceResult, VerifyOptions, certified_by, read_instances_csv,
-                                      verify_in_processes)
+from maar_plugin.verification import (InstanceResult, Verifier, VerifyOptions, certified_by, read_instances_csv,
+                                      read_log, verify_in_processes)
+from maar_plugin.verification.result import ABCROWN_STAGE
 from maar_plugin.vnnlib import write_robustness_vnnlib
 
 CERTIFICATE_NAME = "certified_accuracy.json"
@@ -26,20 +27,23 @@ class CertifiedAccuracy:
     ``ibp`` / ``crown`` / ``alpha_crown``: proved by that bound method or a cheaper one of the cascade;
     ``complete``: proved by any stage, the exact MILP included — the true certified accuracy when
     ``open`` (unknown, timeout, error) is 0; ``retry_timeout``: the time open instances were retried with.
+    ``verifier``: who decided, ``maar`` (the cascade) or ``abcrown`` (α,β-CROWN, which reports verdicts
+    only: the per-stage columns are then None).
     """
 
     name: str
     eps: float
     count: int
-    clean: float
-    pgd: float
-    ibp: float
-    crown: float
-    alpha_crown: float
+    clean: float | None
+    pgd: float | None
+    ibp: float | None
+    crown: float | None
+    alpha_crown: float | None
     complete: float
     falsified: int
     open: int
     retry_timeout: float | None = None
+    verifier: str = "maar"
 
 
 def accuracy_from_results(name: str, eps: float, results: list[InstanceResult],
@@ -51,6 +55,11 @@ def accuracy_from_results(name: str, eps: float, results: list[InstanceResult],
     def percent(number: int) -> float:
         return 100.0 * number / count
 
+    complete = percent(sum(r.verdict == "unsat" for r in results))
+    falsified, open_count = sum(r.verdict == "sat" for r in results), sum(r.verdict not in ("sat", "unsat") for r in results)
+    if any(ABCROWN_STAGE in r.stage_verdicts for r in results):
+        return CertifiedAccuracy(name, eps, count, None, None, None, None, None, complete, falsified, open_count,
+                                 retry_timeout=retry_timeout, verifier="abcrown")
     misclassified = sum(r.stage_verdicts.get("centre") == "falsified" for r in results)
     attacked = sum(r.stage in ("centre", "pgd") and r.verdict == "sat" for r in results)
     return CertifiedAccuracy(
@@ -60,10 +69,7 @@ def accuracy_from_results(name: str, eps: float, results: list[InstanceResult],
         ibp=percent(certified_by(results, "IBP")),
         crown=percent(certified_by(results, "CROWN")),
         alpha_crown=percent(certified_by(results, "alpha-CROWN")),
-        complete=percent(sum(r.verdict == "unsat" for r in results)),
-        falsified=sum(r.verdict == "sat" for r in results),
-        open=sum(r.verdict not in ("sat", "unsat") for r in results),
-        retry_timeout=retry_timeout,
+        complete=complete, falsified=falsified, open=open_count, retry_timeout=retry_timeout,
     )
 
 
@@ -98,13 +104,15 @@ def certify(
     progress: bool = True,
     jobs: int = 1,
     retry_open: float | None = None,
+    verifier: Verifier | None = None,
 ) -> CertifiedAccuracy:
     """Certify a training run (``maar export`` of it) or an ONNX classifier (with ``dataset``) on the
     first ``count`` test images at ``eps``; everything is written under ``out_dir``, resumably.
 
     ``jobs`` > 1 verifies in that many local processes, one shard of the instances each, and computes
     the accuracies from their merged logs. ``retry_open`` (seconds) verifies instances left open again
-    with that timeout (also those of the certification being resumed)."""
+    with that timeout (also those of the certification being resumed). ``verifier`` replaces our cascade,
+    e.g. with α,β-CROWN; a resumed certification must keep the verifier it started with."""
     if not 0 < eps <= 1:
         raise MaarError(f"--eps must be in (0, 1], got {eps}")
     if jobs < 1:
@@ -127,12 +135,22 @@ def certify(
                        specs_dir=out_dir / "vnnlib_specs", device="cpu")
         else:
             raise MaarError(f"{source} is neither a training run directory nor an .onnx file")
+    _refuse_other_verifier(out_dir / "verification", verifier)
     options = options or VerifyOptions(timeout=timeout)
     results = verify_in_processes(read_instances_csv(csv_path), out_dir / "verification", jobs, resume=resume,
-                                  options=options, progress=progress, retry_open=retry_open)
+                                  options=options, progress=progress, retry_open=retry_open, verifier=verifier)
     accuracy = accuracy_from_results(name, eps, results, retry_open)
     atomic_write_text(out_dir / CERTIFICATE_NAME, json.dumps(asdict(accuracy), indent=2) + "\n")
     return accuracy
+
+
+def _refuse_other_verifier(folder: Path, verifier: Verifier | None) -> None:
+    """A resumed verification must not mix verdicts of the cascade and of α,β-CROWN."""
+    wanted = "abcrown" if verifier is not None else "maar"
+    earlier = {"abcrown" if ABCROWN_STAGE in r.stage_verdicts else "maar" for r in read_log(folder) if r.stage_verdicts}
+    if earlier - {wanted}:
+        raise MaarError(f"{folder} holds verdicts of --verifier {earlier.pop()}; resume with that verifier, "
+                        "or certify into another --out")
 
 
 def accuracy_table(rows: list[CertifiedAccuracy]) -> str:
@@ -142,6 +160,7 @@ def accuracy_table(rows: list[CertifiedAccuracy]) -> str:
     header = f"{'model':<28} {'ε':>6} {'n':>5} " + " ".join(f"{title:>15}" for _, title in columns) + "  open"
     lines = [header, "-" * len(header)]
     for row in rows:
-        cells = " ".join(f"{getattr(row, key):>14.2f}%" for key, _ in columns)
+        values = [getattr(row, key) for key, _ in columns]
+        cells = " ".join(f"{value:>14.2f}%" if value is not None else f"{'-':>15}" for value in values)
         lines.append(f"{row.name:<28} {row.eps:>6.3f} {row.count:>5} {cells}  {row.open:>4}")
     return "\n".join(lines)

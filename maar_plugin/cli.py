@@ -22,6 +22,32 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+def verifier_options(command):
+    """--verifier, --abcrown, --abcrown-python: who decides the instances (``maar verify/certify/reproduce``)."""
+    command = click.option("--abcrown-python", type=click.Path(dir_okay=False),
+                           help="the Python that runs α,β-CROWN  [default: this one]")(command)
+    command = click.option("--abcrown", "abcrown_checkout", type=click.Path(file_okay=False),
+                           help="an α,β-CROWN checkout (the folder holding complete_verifier/abcrown.py)")(command)
+    return click.option("--verifier", "verifier_name", type=click.Choice(["maar", "abcrown"]), default="maar",
+                        show_default=True,
+                        help="our cascade, or α,β-CROWN (one process per batch; needs --abcrown)")(command)
+
+
+def make_verifier(name: str, checkout: str | None, python: str | None, config: dict | None = None):
+    """None for our cascade, else the α,β-CROWN back end (``config``: an α,β-CROWN config to run with)."""
+    if name == "maar":
+        if checkout or python:
+            raise MaarError("--abcrown and --abcrown-python go with --verifier abcrown")
+        return None
+    if not checkout:
+        raise MaarError("--verifier abcrown needs --abcrown PATH, the α,β-CROWN checkout")
+    from pathlib import Path
+
+    from maar_plugin.verification.abcrown_backend import AbcrownVerifier
+
+    return AbcrownVerifier(Path(checkout), Path(python) if python else Path(sys.executable), config)
+
+
 @click.group(cls=_Group)
 @click.version_option(package_name="maar-plugin")
 def cli() -> None:
@@ -145,11 +171,14 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
               help="verify instances left open (timeout, unknown) again with this timeout; with --resume also "
                    "those of the earlier run")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@verifier_options
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
            out_dir: str | None, resume: bool, shard_text: str | None, retry_open: float | None, no_progress: bool,
-           **flags) -> None:
+           verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
     """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, then branch and bound (or the
-    LP and an exact MILP on small networks). A single instance whose verdict is `error` exits with status 1."""
+    LP and an exact MILP on small networks), or with α,β-CROWN (--verifier abcrown). A single instance whose
+    verdict is `error` exits with status 1."""
+    import tempfile
     from dataclasses import replace
     from pathlib import Path
 
@@ -168,12 +197,17 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         raise MaarError(f"--shard {shard_text} under torchrun (RANK/WORLD_SIZE set), which picks the shard itself: "
                         "give one of them")
     shard = parse_shard(shard_text) if shard_text else rank_shard
+    cascade_flags = [f"--{key.replace('_', '-')}" for key in _CASCADE_FLAGS if flags.get(key) is not None]
+    if verifier_name == "abcrown" and cascade_flags:
+        raise MaarError(f"{', '.join(cascade_flags)}: settings of our cascade; with --verifier abcrown set them in "
+                        "the α,β-CROWN config (--config)")
     options = VerifyOptions()
-    if config_file:
-        job = read_abcrown_config(config_file)
+    job = read_abcrown_config(config_file) if config_file else None
+    verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python, job.document if job else None)
+    if job:
         for note in job.notes:
             click.echo(f"note: {note}", err=True)
-        if job.ignored_keys:
+        if job.ignored_keys and verifier is None:  # α,β-CROWN itself honours them all
             click.echo(f"warning: ignoring α,β-CROWN keys with no equivalent here: {', '.join(job.ignored_keys)}",
                        err=True)
         options = replace(options, **job.options)
@@ -187,7 +221,11 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         flags["memory_limit"] = flags["memory_limit"] * 1e9
     options = replace(options, **{key: value for key, value in flags.items() if value is not None})
     if default_out is None and out_dir is None:
-        result = verify_instance(onnx_path, vnnlib_path, options=options)
+        if verifier is None:
+            result = verify_instance(onnx_path, vnnlib_path, options=options)
+        else:
+            with tempfile.TemporaryDirectory(prefix="maar-abcrown-") as scratch:
+                (result,) = verify_instances(instances, scratch, options=options, progress=False, verifier=verifier)
         click.echo(instance_table([result]))
         if result.verdict == "sat":
             click.echo(result.vnncomp_text(), nl=False)
@@ -199,7 +237,7 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
     progress = not no_progress and not (rank_shard and rank_shard.index > 0)
     results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard,
-                               retry_open=retry_open)
+                               verifier=verifier, retry_open=retry_open)
     if rank_shard and wait_for_all_ranks():  # torchrun: rank 0 alone merges the shards and prints
         if rank_shard.index == 0:
             merge_summaries(out)
@@ -269,8 +307,10 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="training device")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@verifier_options
 def reproduce_command(setting: str, model: str, recipe_name: str | None, objectives: str, seeds: str, out_dir: str,
-                      scale: str, jobs: int, device: str, no_progress: bool) -> None:
+                      scale: str, jobs: int, device: str, no_progress: bool, verifier_name: str,
+                      abcrown_checkout: str | None, abcrown_python: str | None) -> None:
     """Train every objective × seed of a recipe, evaluate each run, verify it completely; resumable.
 
     SETTING is e.g. mnist-eps0.3; `maar report OUT` then prints the table."""
@@ -278,7 +318,8 @@ def reproduce_command(setting: str, model: str, recipe_name: str | None, objecti
 
     rows = [row.label for row in parse_rows(objectives)]
     reproduce(recipe_name or f"{setting}-{model}", rows, parse_seeds(seeds), out_dir, scale=scale, jobs=jobs,
-              device=device, progress=not no_progress, log=click.echo)
+              device=device, progress=not no_progress, log=click.echo,
+              verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python))
     click.echo(markdown_report(out_dir), nl=False)
 
 
@@ -343,14 +384,17 @@ def objectives_command() -> None:
               help="verify instances left open (timeout, unknown) again with this timeout; with --resume also "
                    "those of the earlier certification")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@verifier_options
 def certify(source: str, eps: float, count: int, out_dir: str, timeout: float, dataset: str | None,
-            data_dir: str | None, resume: bool, jobs: int, retry_open: float | None, no_progress: bool) -> None:
+            data_dir: str | None, resume: bool, jobs: int, retry_open: float | None, no_progress: bool,
+            verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None) -> None:
     """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
-    complete-certified accuracy side by side."""
+    complete-certified accuracy side by side (with --verifier abcrown: complete-certified only)."""
     from maar_plugin.certify import accuracy_table, certify as run_certify
 
     accuracy = run_certify(source, eps, count, out_dir, timeout=timeout, dataset=dataset, data_dir=data_dir,
-                           resume=resume, progress=not no_progress, jobs=jobs, retry_open=retry_open)
+                           resume=resume, progress=not no_progress, jobs=jobs, retry_open=retry_open,
+                           verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python))
     click.echo(accuracy_table([accuracy]))
 
 
@@ -370,6 +414,9 @@ def demo(out_dir: str, count: int, timeout: float, no_progress: bool) -> None:
                f"{history[-1]['eval_crown_count']}):\n  " + format_epoch(history[-1], len(history)))
     click.echo(f"\ncomplete verification of the first {accuracy.count} test images:")
     click.echo(accuracy_table([accuracy]))
+
+
+_CASCADE_FLAGS = ("pgd_steps", "pgd_restarts", "alpha_iterations", "memory_limit", "milp_max_unstable")
 
 
 def main() -> None:

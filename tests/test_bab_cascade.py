@@ -69,7 +69,7 @@ def check_counterexample(onnx_path, result, shape) -> None:
     assert np.allclose(output, y, atol=1e-5)
 
 
-def compare(tmp_path, seeds, make, shape, reference_model=None, options=BAB):
+def compare(tmp_path, seeds, make, shape, reference_model=None, options=BAB, eps_range=(0.05, 0.3)):
     tally = {"sat": 0, "unsat": 0, "branched": 0}
     for seed in seeds:
         rng = np.random.default_rng(seed)
@@ -77,7 +77,7 @@ def compare(tmp_path, seeds, make, shape, reference_model=None, options=BAB):
         onnx_path = export(model, tmp_path / f"net{seed}.onnx", shape)
         reference_path = onnx_path if reference_model is None else \
             export(reference_model(model), tmp_path / f"chain{seed}.onnx", shape)
-        prop = robustness_property(tmp_path / f"p{seed}.vnnlib", model, shape, rng, float(rng.uniform(0.05, 0.3)))
+        prop = robustness_property(tmp_path / f"p{seed}.vnnlib", model, shape, rng, float(rng.uniform(*eps_range)))
         branched = verify_instance(onnx_path, prop, options=options)
         exact = verify_instance(reference_path, prop, options=MILP)
         assert branched.verdict in ("sat", "unsat"), (seed, branched.verdict, branched.message)
@@ -96,7 +96,10 @@ def test_bab_equals_milp_on_conv_networks(tmp_path):
 
 
 def test_bab_equals_milp_on_residual_networks(tmp_path):
-    tally = compare(tmp_path, range(16), ResidualNet, (1, 6), reference_model=lambda model: model.as_chain())
+    """Radii up to 0.45: auto_LiRPA 0.7's CROWN bounds these residual blocks tighter than 0.3's and proves
+    every robust instance of radius up to 0.3 without branching (measured: 0 of 16 branched; 3 of 24 here)."""
+    tally = compare(tmp_path, range(24), ResidualNet, (1, 6), reference_model=lambda model: model.as_chain(),
+                    eps_range=(0.05, 0.45))
     assert tally["sat"] >= 2 and tally["unsat"] >= 2 and tally["branched"] >= 2, tally
 
 

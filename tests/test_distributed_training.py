@@ -13,6 +13,7 @@ from maar_plugin.training.checkpoint import load_checkpoint
 from maar_plugin.training.config import build_config
 from maar_plugin.training.distributed import Ranks, batch_share
 from maar_plugin.training.loop import train
+from tests.test_sharded_verification import pythonpath_with
 
 ROOT = Path(__file__).resolve().parents[1]
 # 197 images in batches of 64: three full batches and one of 5, split 3 + 2 over two ranks.
@@ -34,7 +35,7 @@ def _flags(options: dict) -> list[str]:
 
 
 def _torchrun(arguments: list[str], entry: tuple[str, ...] = ("-m", "maar_plugin")) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath_with(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                *entry, "train", "--no-progress", *arguments]
     process = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

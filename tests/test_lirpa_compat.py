@@ -159,11 +159,23 @@ def test_version_is_read_from_the_module_on_the_path_not_the_installed_distribut
 ])
 def test_unknown_version_is_one_line_maar_error(tmp_path, init_source, found):
     _fake_lirpa(tmp_path, init_source)
-    result = _python("import maar_plugin", tmp_path)
+    result = _python("import maar_plugin.bounds.lirpa", tmp_path)
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("maar_plugin.errors.MaarError: auto_LiRPA at ")
     assert found in last and KNOWN_VERSIONS_TEXT in last
+
+
+@pytest.mark.parametrize("command", [["objectives"], ["verify", "--onnx", "x.onnx", "--vnnlib", "y.vnnlib"]])
+def test_the_maar_command_reports_an_unknown_version_in_one_line(tmp_path, command):
+    _fake_lirpa(tmp_path, "__version__ = '1.2.0'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    result = subprocess.run([sys.executable, "-m", "maar_plugin", *command], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Error: auto_LiRPA at {tmp_path / 'auto_LiRPA' / '__init__.py'} has version '1.2.0'; "
+        f"maar-plugin works with auto_LiRPA {KNOWN_VERSIONS_TEXT}"]
 
 
 def test_apply_is_idempotent():

@@ -1,6 +1,7 @@
 """`maar reproduce` + `maar report` on a tiny recipe: layout, resumption, the table's numbers against the
 files they come from, MAAR's paired effect, and one-line errors."""
 import json
+import shutil
 import statistics
 
 import pytest
@@ -218,3 +219,12 @@ def test_packed_results_report_the_same_table_and_keep_usable_weights(grid, tmp_
     assert epoch == 1
     x = load_dataset("mnist", "test")[0][:16]
     assert torch.allclose(original(x), slim(x), atol=1e-2)  # float16 weights
+
+
+def test_caption_names_the_complete_verifier(grid, tmp_path):
+    assert "complete-certified (`maar verify`, " in markdown_report(grid)
+    copy = tmp_path / "grid"
+    shutil.copytree(grid, copy)
+    for path in copy.glob("certify/*/certified_accuracy.json"):
+        path.write_text(json.dumps({**json.loads(path.read_text()), "verifier": "abcrown"}))
+    assert "complete-certified (α,β-CROWN, `--verifier abcrown`, " in markdown_report(copy)

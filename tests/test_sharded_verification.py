@@ -20,6 +20,12 @@ from maar_plugin.verification import Shard, parse_shard, rank_device, read_log, 
 
 FAST_FLAGS = ["--pgd-steps", "5", "--pgd-restarts", "1", "--alpha-iterations", "3", "--no-progress"]
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pythonpath_with(root: Path) -> str:
+    """PYTHONPATH for a child process: ``root`` first, then the caller's (``make test-lirpa`` puts the
+    auto_LiRPA checkout there)."""
+    return os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
 VERDICT_COLUMNS = ("instance", "onnx", "vnnlib", "verdict", "stage", "unstable_relus")
 
 
@@ -101,7 +107,7 @@ def test_ranks_from_the_environment_take_their_shares(benchmark, tmp_path):
     out = tmp_path / "ranks"
     command = [sys.executable, "-m", "maar_plugin", "verify", "--instances", str(benchmark / "instances.csv"),
                "--out", str(out), *FAST_FLAGS]
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
+    environment = {**os.environ, "PYTHONPATH": pythonpath_with(REPO), "WORLD_SIZE": "2", "LOCAL_RANK": "0"}
     environment.pop("MASTER_ADDR", None)  # no rendezvous: each rank verifies and reports its shard alone
     ranks = [subprocess.Popen(command, env={**environment, "RANK": str(rank)}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for rank in range(2)]
@@ -116,7 +122,7 @@ def test_a_torchrun_launch_splits_the_csv(benchmark, tmp_path):
     out = tmp_path / "torchrun"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "maar_plugin", "verify",
                "--instances", str(benchmark / "instances.csv"), "--out", str(out), *FAST_FLAGS]
-    launch = subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+    launch = subprocess.run(command, env={**os.environ, "PYTHONPATH": pythonpath_with(REPO)}, capture_output=True, text=True,
                             timeout=120)
     assert launch.returncode == 0, launch.stdout + launch.stderr
     assert launch.stdout.count("verdicts ") == 1 and "unsat: 3  sat: 2" in launch.stdout  # rank 0 prints the merge

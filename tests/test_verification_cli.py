@@ -12,6 +12,7 @@ from torch import nn
 
 import maar_plugin  # noqa: F401
 from maar_plugin.cli import cli
+from maar_plugin.errors import MaarError
 from maar_plugin.verification import read_abcrown_config, read_log
 
 FAST_FLAGS = ["--pgd-steps", "5", "--pgd-restarts", "1", "--alpha-iterations", "3", "--no-progress"]
@@ -136,3 +137,16 @@ def test_certified_by_counts_cumulatively():
                result("unsat", "MILP"), result("sat", "pgd"), result("timeout", None)]
     stages = ("centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "LP", "MILP")
     assert [certified_by(results, stage) for stage in stages] == [0, 1, 1, 2, 3, 3, 4]
+
+
+def test_abcrown_config_selects_csv_rows_with_data_start_and_end(benchmark, tmp_path):
+    """As α,β-CROWN's VNN-COMP configs do (exp_configs/vnncomp22/mnistfc.yaml: rows 30 to 89)."""
+    config = tmp_path / "rows.yaml"
+    config.write_text(yaml.safe_dump({"general": {"root_path": str(benchmark), "csv_name": "instances.csv"},
+                                      "data": {"start": 1, "end": 2}}))
+    job = read_abcrown_config(config)
+    assert [i.vnnlib.name for i in job.instances] == ["never.vnnlib"] and job.ignored_keys == []
+    config.write_text(yaml.safe_dump({"general": {"root_path": str(benchmark), "csv_name": "instances.csv"},
+                                      "data": {"start": 2}}))
+    with pytest.raises(MaarError, match="select none of the 2 csv rows"):
+        read_abcrown_config(config)

@@ -9,7 +9,9 @@ pass of the box centres before bounding, as auto_LiRPA's own training examples d
 """
 from __future__ import annotations
 
-import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
+from maar_plugin import lirpa_compat
+
+lirpa_compat.apply()  # before auto_LiRPA is imported; MaarError for a version it does not know
 
 from contextlib import contextmanager
 from typing import Iterator

@@ -26,6 +26,7 @@ from maar_plugin.training.evaluate_run import evaluate_run
 from maar_plugin.training.loop import train
 from maar_plugin.training.recipe import EvaluationSettings, Recipe, config_from_recipe, load_recipe
 from maar_plugin.training.run_files import CONFIG_NAME, training_state
+from maar_plugin.verification import Verifier
 
 PLAN_NAME = "reproduce.json"
 EVALUATION_NAME = "evaluation.json"
@@ -116,6 +117,15 @@ def _certificate_done(certify_dir: Path, count: int, retry_timeout: float | None
     return certificate.get("count") == count and retried
 
 
+def _same_verifier(certify_dir: Path, verifier: Verifier | None) -> None:
+    """A finished certification by one verifier is not silently reused for a table asked of the other."""
+    path = certify_dir / CERTIFICATE_NAME
+    wanted = "abcrown" if verifier is not None else "maar"
+    done = json.loads(path.read_text()).get("verifier", "maar") if path.is_file() else wanted
+    if done != wanted:
+        raise MaarError(f"{certify_dir} was certified with --verifier {done}; rerun with it, or use another --out")
+
+
 @dataclass(frozen=True)
 class _Task:
     config: TrainConfig
@@ -124,6 +134,7 @@ class _Task:
     certify_dir: Path
     progress: bool
     threads: int | None
+    verifier: Verifier | None = None
 
 
 def _run_task(task: _Task, log: Callable[[str], None] = print) -> str:
@@ -157,13 +168,15 @@ def _certify_run(task: _Task, jobs: int, log: Callable[[str], None]) -> str:
     """The certification stage of one run in ``jobs`` shard processes (skipped when finished); returns a
     one-line summary of the run."""
     name, config, settings = task.run_dir.name, task.config, task.evaluation
+    _same_verifier(task.certify_dir, task.verifier)
     if not _certificate_done(task.certify_dir, settings.certify_count, settings.certify_retry_timeout):
         log(f"{name}: complete verification of {settings.certify_count} test images"
             + (f" in {jobs} shards" if jobs > 1 else "")
             + (f", open ones again with {settings.certify_retry_timeout:g} s" if settings.certify_retry_timeout else ""))
         resume = task.certify_dir.is_dir() and any(task.certify_dir.iterdir())
         certify(task.run_dir, config.eps, settings.certify_count, task.certify_dir, timeout=settings.certify_timeout,
-                resume=resume, progress=task.progress, jobs=jobs, retry_open=settings.certify_retry_timeout)
+                resume=resume, progress=task.progress, jobs=jobs, retry_open=settings.certify_retry_timeout,
+                verifier=task.verifier)
     evaluation = json.loads((task.run_dir / EVALUATION_NAME).read_text())
     certificate = json.loads((task.certify_dir / CERTIFICATE_NAME).read_text())
     return (f"{name}: clean {evaluation['clean']:.2f}%  IBP-verified {evaluation['ibp_verified']:.2f}%  "
@@ -180,12 +193,14 @@ def reproduce(
     device: str = "auto",
     progress: bool = True,
     log: Callable[[str], None] = print,
+    verifier: Verifier | None = None,
 ) -> Plan:
     """Train, evaluate and certify ``rows`` × ``seeds`` of a recipe into ``out_dir`` (resumable).
 
     ``jobs`` > 1 trains and evaluates that many (row, seed) runs side by side in separate processes (on a
     CPU each gets an equal share of the cores; on a GPU they share the card), then certifies run after run,
     each in ``jobs`` processes that verify one shard of its instances (``maar certify --jobs``).
+    ``verifier`` (e.g. α,β-CROWN) replaces our cascade in the complete verification.
     """
     if jobs < 1:
         raise MaarError(f"--jobs must be at least 1, got {jobs}")
@@ -196,7 +211,7 @@ def reproduce(
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     tasks = [
         _Task(run_config(recipe, row, seed, device), recipe.evaluation, out_dir / "runs" / row.run_name(seed),
-              out_dir / "certify" / row.run_name(seed), progress and jobs == 1, threads)
+              out_dir / "certify" / row.run_name(seed), progress and jobs == 1, threads, verifier)
         for row in parsed for seed in seeds
     ]
     log(f"{recipe.name} ({recipe.scale} scale): {len(parsed)} row(s) × {len(seeds)} seed(s) = {len(tasks)} runs in "

@@ -21,7 +21,8 @@ METRICS = (("clean", "clean"), ("pgd", "PGD"), ("ibp_verified", "IBP-verified"),
 
 @dataclass
 class RunResult:
-    """One finished (or partly finished) run: accuracies, open instances, training time, hardware."""
+    """One finished (or partly finished) run: accuracies, open instances, training time, hardware, and who
+    verified it completely (``maar`` or ``abcrown``)."""
 
     row: str
     seed: int
@@ -29,6 +30,7 @@ class RunResult:
     open: int | None = None
     train_minutes: float | None = None
     hardware: str | None = None
+    verifier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ def _read_run(out_dir: Path, row: Row, seed: int) -> RunResult:
     if certificate:
         result.metrics["complete"] = float(certificate["complete"])
         result.open = int(certificate["open"])
+        result.verifier = certificate.get("verifier", "maar")
     return result
 
 
@@ -164,6 +167,7 @@ def paired_effects(results: list[RunResult]) -> list[dict]:
 def _retry_note(evaluation: dict) -> str:
     retry = evaluation.get("certify_retry_timeout")
     return f", open ones again with {retry:g} s" if retry else ""
+_VERIFIER_NAMES = {"maar": "`maar verify`", "abcrown": "α,β-CROWN, `--verifier abcrown`"}
 
 
 def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
@@ -173,10 +177,12 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
     plan = read_plan(out_dir)
     evaluation = plan.evaluation
     results = collect_results(out_dir, rows)
+    verifiers = sorted({result.verifier for result in results if result.verifier})
+    verifier = " and ".join(_VERIFIER_NAMES[name] for name in verifiers) or _VERIFIER_NAMES["maar"]
     lines = [
         f"Recipe `{plan.recipe}` at {plan.scale} scale. Clean, PGD ({evaluation['pgd_steps']} steps, "
         f"{evaluation['pgd_restarts']} restarts) and IBP-verified accuracy on the first {evaluation['count']} test "
-        f"images, CROWN-verified on the first {evaluation['crown_count']}, complete-certified (`maar verify`, "
+        f"images, CROWN-verified on the first {evaluation['crown_count']}, complete-certified ({verifier}, "
         f"{evaluation['certify_timeout']:g} s per instance{_retry_note(evaluation)}) on the first "
         f"{evaluation['certify_count']}; "
         "mean ± sample standard deviation over seeds, in percent. *open*: instances left undecided (timeouts), "

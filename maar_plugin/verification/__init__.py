@@ -10,10 +10,11 @@ VNN-COMP result files, a JSON-lines log and a CSV summary, whole or as one ``sha
 
 Public API: :func:`verify_instance` for one (ONNX, VNN-LIB) pair, :func:`verify_instances` for a batch
 written to a results folder, :class:`InstanceResult` with the verdict, deciding stage and per-stage
-states, and :func:`certified_by` for cumulative per-stage counts.
+states, and :func:`certified_by` for cumulative per-stage counts. ``abcrown_backend`` runs a user's
+α,β-CROWN in place of the cascade (a :class:`Verifier`), with the same folder, log and resume.
 """
 from maar_plugin.verification.abcrown_config import AbcrownJob, read_abcrown_config
-from maar_plugin.verification.batch import (Instance, merge_summaries, read_instances_csv, read_log,
+from maar_plugin.verification.batch import (Instance, Verifier, merge_summaries, read_instances_csv, read_log,
                                            verify_in_processes, verify_instances)
 from maar_plugin.verification.cascade import ModelCache, VerifyOptions, verify_instance
 from maar_plugin.verification.network import ReluNetwork
@@ -24,7 +25,7 @@ from maar_plugin.verification.shard import Shard, parse_shard, rank_device, shar
 
 __all__ = [
     "AbcrownJob", "BOUND_STAGES", "Instance", "InstanceResult", "ModelCache", "ReluNetwork", "STAGES", "Shard",
-    "VerifyOptions", "certified_by", "instance_table", "load_onnx_network", "merge_summaries", "parse_shard",
+    "Verifier", "VerifyOptions", "certified_by", "instance_table", "load_onnx_network", "merge_summaries", "parse_shard",
     "rank_device", "read_abcrown_config", "read_instances_csv", "read_log", "shard_from_env", "stage_table",
     "verify_in_processes", "verify_instance", "verify_instances", "wait_for_all_ranks",
 ]

@@ -1,8 +1,8 @@
 """Read the keys of an existing α,β-CROWN YAML config that map onto ``maar verify``.
 
 Mapped: ``model.onnx_path`` + ``specification.vnnlib_path`` (one instance) or ``general.root_path`` +
-``general.csv_name`` (a VNN-COMP instances.csv; ``${CONFIG_PATH}`` is the config's folder, as in
-α,β-CROWN), ``bab.timeout``, ``general.device``, ``general.seed``, ``solver.alpha-crown.iteration``,
+``general.csv_name`` (a VNN-COMP instances.csv, its rows ``data.start`` to ``data.end`` as in α,β-CROWN;
+``${CONFIG_PATH}`` is the config's folder, as in α,β-CROWN), ``bab.timeout``, ``general.device``, ``general.seed``, ``solver.alpha-crown.iteration``,
 ``attack.pgd_restarts``, ``attack.pgd_steps``. Keys that describe what this cascade always does
 (complete verification after incomplete bounds, PGD first, the input shape the ONNX file gives) are
 accepted silently; every other key is reported as ignored. ``Customized(...)`` entries name Python
@@ -27,16 +27,19 @@ _OPTION_KEYS = {
     "attack.pgd_restarts": "pgd_restarts",
     "attack.pgd_steps": "pgd_steps",
 }
-_PATH_KEYS = {"model.onnx_path", "specification.vnnlib_path", "general.root_path", "general.csv_name"}
+_PATH_KEYS = {"model.onnx_path", "specification.vnnlib_path", "general.root_path", "general.csv_name", "data.start",
+              "data.end"}
 _CONSISTENT_KEYS = {"general.complete_verifier", "general.enable_incomplete_verification", "model.input_shape",
                     "attack.pgd_order"}
 
 
 @dataclass
 class AbcrownJob:
-    """What a config asks for: the instances, option overrides (VerifyOptions field → value), ignored keys."""
+    """What a config asks for: the instances, option overrides (VerifyOptions field → value), ignored keys,
+    and the config itself (what ``--verifier abcrown`` runs)."""
 
     instances: list[Instance]
+    document: dict = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)
     ignored_keys: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -76,7 +79,7 @@ def read_abcrown_config(path: str | Path) -> AbcrownJob:
         options["device"] = "cpu"
     ignored = sorted(key for key in flat if key not in _OPTION_KEYS and key not in _PATH_KEYS
                      and key not in _CONSISTENT_KEYS)
-    return AbcrownJob(_instances(path, flat), options, ignored, notes)
+    return AbcrownJob(_instances(path, flat), document, options, ignored, notes)
 
 
 def _instances(path: Path, flat: dict[str, object]) -> list[Instance]:
@@ -89,6 +92,13 @@ def _instances(path: Path, flat: dict[str, object]) -> list[Instance]:
     csv_name = flat.get("general.csv_name")
     if csv_name:
         base = root if root is not None else Path.cwd()
-        return read_instances_csv(base / str(csv_name), root=base)
+        rows = read_instances_csv(base / str(csv_name), root=base)
+        start, end = flat.get("data.start"), flat.get("data.end")
+        if not all(value is None or isinstance(value, int) for value in (start, end)):
+            raise MaarError(f"{path}: data.start and data.end must be whole numbers (csv rows)")
+        selected = rows[start:end]
+        if not selected:
+            raise MaarError(f"{path}: data.start {start} / data.end {end} select none of the {len(rows)} csv rows")
+        return selected
     raise MaarError(f"{path}: the config names no instances (model.onnx_path + specification.vnnlib_path, "
                     "or general.root_path + general.csv_name)")

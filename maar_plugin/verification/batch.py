@@ -17,14 +17,14 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator, Protocol
 
 from tqdm import tqdm
 
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.cascade import ModelCache, VerifyOptions, verify_instance
-from maar_plugin.verification.result import STAGES, VERDICTS, InstanceResult
+from maar_plugin.verification.result import REPORTED_STAGES, VERDICTS, InstanceResult
 from maar_plugin.verification.shard import Shard, shard_of_stem
 
 LOG_NAME = "log.jsonl"
@@ -63,6 +63,9 @@ def read_instances_csv(path: str | Path, root: str | Path | None = None) -> list
     if not instances:
         raise MaarError(f"{path}: no instances")
     return instances
+
+
+Pending = tuple[int, str, Instance]  # (position in the csv, instance name, instance)
 
 
 def instance_names(instances: list[Instance]) -> list[str]:
@@ -133,20 +136,37 @@ def _refuse_earlier_results(out_dir: Path, shard: Shard | None) -> None:
                             "or another --out")
 
 
+class Verifier(Protocol):
+    """Something other than the cascade that decides a batch of instances (``--verifier abcrown``)."""
+
+    def results(self, pending: list[Pending], out_dir: Path, options: VerifyOptions, tag: str = ""
+                ) -> Iterator[tuple[int, InstanceResult]]:
+        """(csv index, result) of every pending instance, in any order, each as soon as it is known; its own
+        files go into ``out_dir`` under names that carry ``tag`` (a shard's suffix)."""
+
+
 def needs_retry(result: InstanceResult, retry_open: float | None) -> bool:
     """Whether ``result`` is open (timeout, unknown) and was verified with less time than ``retry_open``."""
     return (retry_open is not None and result.verdict in ("timeout", "unknown")
             and (result.timeout or 0.0) < retry_open)
 
 
+def _cascade_results(pending: list[Pending], options: VerifyOptions) -> Iterator[tuple[int, InstanceResult]]:
+    cache = ModelCache(options.device, options.alpha_iterations)
+    for index, name, instance in pending:
+        yield index, _verify_guarded(instance, name, options, cache)
+
+
 def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path, resume: bool = False,
                      options: VerifyOptions | None = None, progress: bool = True,
-                     shard: Shard | None = None, retry_open: float | None = None) -> list[InstanceResult]:
+                     shard: Shard | None = None, verifier: Verifier | None = None,
+                     retry_open: float | None = None) -> list[InstanceResult]:
     """Verify every instance (``Instance`` or ``(onnx, vnnlib, timeout)``), writing results as they finish.
 
     An instance whose model or property cannot be read is marked ``error`` and the run goes on. With
     ``shard``, only its share is verified, into the shard's own log and summary. With ``resume``,
-    instances already in a log of the folder are skipped and their logged results returned. With
+    instances already in a log of the folder are skipped and their logged results returned. ``verifier``
+    replaces the cascade (default) with another verifier, e.g. α,β-CROWN; the folder is the same. With
     ``retry_open`` (seconds), an instance left open (timeout, unknown) with less time than that, in this
     run or in the log being resumed, is verified again with that timeout; its new record replaces the old.
     """
@@ -165,35 +185,38 @@ def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path,
     _drop_torn_last_line(log_path)
     share = list(enumerate(zip(instance_names(instances), instances)))  # names over the whole csv
     share = shard.select(share) if shard else share
-    cache = ModelCache(options.device, options.alpha_iterations)
-    results: list[InstanceResult] = []
-    bar = tqdm(total=len(share), disable=not progress, unit="inst", dynamic_ncols=True)
+    done = {index: logged[name] for index, (name, _) in share if name in logged}
+    pending = [(index, name, instance) for index, (name, instance) in share if name not in logged]
+    bar = tqdm(total=len(share), initial=len(done), disable=not progress, unit="inst", dynamic_ncols=True)
     with open(log_path, "a") as log:
-        for index, (name, instance) in share:
-            result = logged.get(name)
-            if result is not None and not needs_retry(result, retry_open):
-                results.append(result)
-                bar.update(1)
-                continue
-            if result is None:
-                result = _verify_guarded(instance, name, options, cache)
-            if needs_retry(result, retry_open):
-                result = _verify_guarded(replace(instance, timeout=retry_open), name, options, cache)
-            atomic_write_text(out_dir / "results" / f"{name}.txt", result.vnncomp_text())
-            log.write(json.dumps({**result.log_record(), "index": index}) + "\n")
-            log.flush()
-            results.append(result)
-            atomic_write_text(out_dir / summary_name(shard), summary_csv(results))
-            bar.update(1)
-            bar.set_postfix_str(_counts(results))
+        for retrying in (False, True):
+            if retrying:   # what the first pass or the resumed log left open, again with more time
+                pending = [(index, name, replace(instance, timeout=retry_open)) for index, (name, instance) in share
+                           if needs_retry(done[index], retry_open)]
+            found = (verifier.results(pending, out_dir, options, shard.suffix if shard else "") if verifier
+                     else _cascade_results(pending, options))
+            limits = {index: instance.timeout or options.timeout for index, _, instance in pending}
+            for index, result in found:
+                result.timeout = limits[index] if result.timeout is None else result.timeout
+                atomic_write_text(out_dir / "results" / f"{result.instance}.txt", result.vnncomp_text())
+                log.write(json.dumps({**result.log_record(), "index": index}) + "\n")
+                log.flush()
+                done[index] = result
+                atomic_write_text(out_dir / summary_name(shard), summary_csv(_in_csv_order(done)))
+                bar.update(0 if retrying else 1)
+                bar.set_postfix_str(_counts(list(done.values())))
     bar.close()
-    atomic_write_text(out_dir / summary_name(shard), summary_csv(results))
-    return results
+    atomic_write_text(out_dir / summary_name(shard), summary_csv(_in_csv_order(done)))
+    return _in_csv_order(done)
+
+
+def _in_csv_order(done: dict[int, InstanceResult]) -> list[InstanceResult]:
+    return [done[index] for index in sorted(done)]
 
 
 def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: int, resume: bool = False,
                         options: VerifyOptions | None = None, progress: bool = True,
-                        retry_open: float | None = None) -> list[InstanceResult]:
+                        verifier: Verifier | None = None, retry_open: float | None = None) -> list[InstanceResult]:
     """verify_instances over ``jobs`` local worker processes, one shard each with an equal share of the
     CPU threads (no progress bars); returns the instances' merged results in csv order and writes the
     merged summary.csv."""
@@ -201,7 +224,7 @@ def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: in
         raise MaarError(f"--jobs must be at least 1, got {jobs}")
     if jobs == 1:
         return verify_instances(instances, out_dir, resume=resume, options=options, progress=progress,
-                                retry_open=retry_open)
+                                verifier=verifier, retry_open=retry_open)
     shards = [Shard(index, jobs) for index in range(jobs)]
     if not resume:
         for shard in shards:
@@ -211,7 +234,8 @@ def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: in
     if not set(names) <= done:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_verify_shard, instances, out_dir, resume, options, shard, threads, retry_open)
+            futures = [pool.submit(_verify_shard, instances, out_dir, resume, options, shard, threads, verifier,
+                                   retry_open)
                        for shard in shards]
             for future in futures:
                 future.result()
@@ -221,12 +245,12 @@ def verify_in_processes(instances: list[Instance], out_dir: str | Path, jobs: in
 
 
 def _verify_shard(instances: list[Instance], out_dir: str | Path, resume: bool, options: VerifyOptions | None,
-                  shard: Shard, threads: int, retry_open: float | None) -> None:
+                  shard: Shard, threads: int, verifier: Verifier | None, retry_open: float | None) -> None:
     import torch
 
     torch.set_num_threads(threads)
     verify_instances(instances, out_dir, resume=resume, options=options, progress=False, shard=shard,
-                     retry_open=retry_open)
+                     verifier=verifier, retry_open=retry_open)
 
 
 def _drop_torn_last_line(log_path: Path) -> None:
@@ -260,9 +284,9 @@ def summary_csv(results: list[InstanceResult]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["instance", "onnx", "vnnlib", "verdict", "stage", "seconds", "unstable_relus", "message"]
-                    + [f"seconds_{stage}" for stage in STAGES])
+                    + [f"seconds_{stage}" for stage in REPORTED_STAGES])
     for r in results:
         writer.writerow([r.instance, r.onnx, r.vnnlib, r.verdict, r.stage or "", f"{r.seconds:.3f}",
                          "" if r.unstable_relus is None else r.unstable_relus, r.message]
-                        + [r.stage_seconds.get(stage, "") for stage in STAGES])
+                        + [r.stage_seconds.get(stage, "") for stage in REPORTED_STAGES])
     return buffer.getvalue()

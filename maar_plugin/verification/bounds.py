@@ -12,7 +12,9 @@ import inspect
 import numpy as np
 import torch
 
-import maar_plugin  # noqa: F401  (patches auto_LiRPA 0.3 before it is imported)
+from maar_plugin import lirpa_compat
+
+lirpa_compat.apply()  # before auto_LiRPA is imported; MaarError for a version it does not know
 from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from auto_LiRPA.operators import BoundRelu
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import statistics
 
-from maar_plugin.verification.result import STAGES, VERDICTS, InstanceResult, certified_by
+from maar_plugin.verification.result import ABCROWN_STAGE, STAGES, VERDICTS, InstanceResult, certified_by
 
 
 def _time_columns(values: list[float]) -> list[str]:
@@ -21,10 +21,17 @@ def _format(rows: list[list[str]], left: set[int] = frozenset({0})) -> str:
     return "\n".join(lines)
 
 
+def _reported_stages(results: list[InstanceResult]) -> tuple[str, ...]:
+    """The cascade's stages, α,β-CROWN's, or both: those of the verifiers that produced ``results``."""
+    by_abcrown = any(ABCROWN_STAGE in r.stage_verdicts for r in results)
+    by_cascade = any(stage in r.stage_verdicts for r in results for stage in STAGES) or not by_abcrown
+    return (STAGES if by_cascade else ()) + ((ABCROWN_STAGE,) if by_abcrown else ())
+
+
 def stage_table(results: list[InstanceResult]) -> str:
     """Per stage: instances it ran on, proved, falsified, left open, cumulative proved, seconds per instance."""
     rows = [["stage", "ran", "proved", "falsified", "open", "proved<=stage", "mean s", "median s", "max s"]]
-    for stage in STAGES:
+    for stage in _reported_stages(results):
         ran = [r for r in results if stage in r.stage_verdicts]
         decided = [r for r in ran if r.stage == stage]
         rows.append([stage, str(len(ran)),

@@ -8,6 +8,8 @@ import numpy as np
 from maar_plugin.verification.counterexample import counterexample_text
 
 STAGES = ("centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "BaB", "LP", "MILP")
+ABCROWN_STAGE = "abcrown"  # the one stage of a verdict reported by α,β-CROWN (``--verifier abcrown``)
+REPORTED_STAGES = (*STAGES, ABCROWN_STAGE)
 BOUND_STAGES = ("IBP", "CROWN", "alpha-CROWN")
 VERDICTS = ("unsat", "sat", "unknown", "timeout", "error")
 
@@ -56,5 +58,5 @@ class InstanceResult:
 
 def certified_by(results: list[InstanceResult], stage: str) -> int:
     """Instances proved (unsat) by ``stage`` or an earlier stage of the cascade: cumulative counts."""
-    allowed = STAGES[:STAGES.index(stage) + 1]
+    allowed = REPORTED_STAGES[:REPORTED_STAGES.index(stage) + 1]
     return sum(1 for r in results if r.verdict == "unsat" and r.stage in allowed)
