@@ -28,13 +28,19 @@ def _conv_bn(channels: int) -> nn.Sequential:
         nn.Linear(16, 12), nn.BatchNorm1d(12), nn.ReLU(), nn.Linear(12, CLASSES))
 
 
+def _normalize_inside(channels: int) -> nn.Sequential:
+    """Normalize after the first layer: carried back through, not applied to the box."""
+    return nn.Sequential(nn.Conv2d(channels, 3, 3, stride=2), nn.ReLU(), Normalize([0.1, 0.2, 0.3], [0.5, 1.0, 2.0]),
+                         nn.Flatten(), nn.Linear(27, 10), nn.ReLU(), nn.Linear(10, CLASSES))
+
+
 def _trained_statistics(model: nn.Sequential, channels: int) -> nn.Sequential:
     with torch.no_grad():
         model.train()(torch.rand(64, channels, 8, 8))
     return model
 
 
-MODELS = [_mlp, _conv_bn]
+MODELS = [_mlp, _conv_bn, _normalize_inside]
 
 
 def _box(batch: int, channels: int, eps: float = 0.05):

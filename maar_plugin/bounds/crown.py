@@ -41,7 +41,10 @@ def crown_lower(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor
                         f"(Conv2d with numeric zero padding), got {type(model).__name__}")
     coefficients, bias = spec, spec.new_zeros(())
     relu_inputs, batch_norm_affines = list(trace.relu_inputs), list(trace.batch_norm_affines)
-    for index in reversed(range(len(model))):
+    first = 0
+    if isinstance(model[0], Normalize):  # exact on the box (std > 0), and cheaper than through input-sized A
+        lower, upper, first = model[0](lower), model[0](upper), 1
+    for index in reversed(range(first, len(model))):
         layer = model[index]
         if isinstance(layer, nn.ReLU):
             coefficients, bias = _relu_backward(coefficients, bias, *relu_inputs.pop())
