@@ -80,8 +80,8 @@ def benchmark(model: str, objective: str, args: argparse.Namespace) -> list[dict
     single = next((row for row in rows if (row["processes"], row["threads"]) == (1, 1)), None)
     for row in rows:
         row["vs_1x1"] = row["steps_per_second"] / single["steps_per_second"] if single else None
-        same_cores = next((r for r in rows if r["processes"] == 1 and r["threads"] == row["processes"] * row["threads"]),
-                          None)
+        cores = row["processes"] * row["threads"]
+        same_cores = next((r for r in rows if r["processes"] == 1 and r["threads"] == cores), None)
         row["vs_1_process_same_cores"] = (row["steps_per_second"] / same_cores["steps_per_second"]
                                           if same_cores and row["processes"] > 1 else None)
     return rows

@@ -171,7 +171,8 @@ def test_crown_ibp_loss_and_gradients_are_its_formula_over_auto_lirpas_bounds(ma
     spec = margin_spec(y, INFO.num_classes)
     ibp = bounder.bounds(lower, upper, spec, "IBP")[0]
     crown_ibp = bounder.bounds(lower, upper, spec, "CROWN-IBP", bound_upper=False)[0]
-    expected = 0.6 * F.cross_entropy(model(x), y) + 0.4 * robust_ce_from_margins(0.6 * crown_ibp + 0.4 * ibp).mean()
+    robust = robust_ce_from_margins(0.6 * crown_ibp + 0.4 * ibp).mean()
+    expected = 0.6 * F.cross_entropy(model(x), y) + 0.4 * robust
     assert torch.allclose(loss, expected, atol=1e-6)
     if training:  # auto_LiRPA 0.3 bounds carry no gradient in eval mode
         parameters = list(model.parameters())

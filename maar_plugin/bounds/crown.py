@@ -37,12 +37,13 @@ def crown_lower(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor
     and BatchNorm maps). A final Linear layer is folded into ``spec``.
     """
     if not supports_crown(model):
-        raise MaarError(f"plain-torch CROWN needs an nn.Sequential of {', '.join(t.__name__ for t in SUPPORTED_LAYERS)} "
-                        f"(Conv2d with numeric zero padding), got {type(model).__name__}")
+        layers = ", ".join(kind.__name__ for kind in SUPPORTED_LAYERS)
+        raise MaarError(f"plain-torch CROWN needs an nn.Sequential of {layers} (Conv2d with numeric zero padding), "
+                        f"got {type(model).__name__}")
     coefficients, bias = spec, spec.new_zeros(())
     relu_inputs, batch_norm_affines = list(trace.relu_inputs), list(trace.batch_norm_affines)
     first = 0
-    if isinstance(model[0], Normalize):  # exact on the box (std > 0), and cheaper than through input-sized A
+    if len(model) and isinstance(model[0], Normalize):  # exact on the box (std > 0); cheaper than through A
         lower, upper, first = model[0](lower), model[0](upper), 1
     for index in reversed(range(first, len(model))):
         layer = model[index]

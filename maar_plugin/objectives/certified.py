@@ -4,12 +4,15 @@ Both minimise κ·CE(clean) + (1−κ)·robust loss, with κ ramped from ``kappa
 the ε ramp; they differ in one hook, ``pairwise_and_margin_lower``. Two more hooks serve the bases built
 on them (``sabr``, ``expressive``): ``input_box`` (the region bounded; the ε-ball by default) and
 ``robust_loss`` (the robust CE of the margin bounds by default). The bound pass runs on the pairwise
-specification (rows z_j − z_k, j ≠ k), shared by all examples: it contains every margin row, costs IBP
-no more than the per-example margin rows, and gives a regulariser (MAAR) upper bounds of all logit
-differences from the same pass (``PairwiseBoundsObjective``).
+specification (rows z_j − z_k, j ≠ k), shared by all examples: it contains every margin row, costs the
+fused IBP pass no more than the per-example margin rows, and gives a regulariser (MAAR) upper bounds of
+all logit differences from the same pass (``PairwiseBoundsObjective``). CROWN-IBP's CROWN part bounds the
+margin rows only, from the intermediate bounds of that IBP pass (``bounds.crown``).
 
 Every pass of a step runs inside ``clean_batch_statistics``: train-mode BatchNorm uses the clean batch's
-statistics for the attack, the fused IBP pass and the adversarial logits, as CTBench does.
+statistics for the attack, the fused IBP and CROWN-IBP passes and the adversarial logits, as CTBench does
+(auto_LiRPA, the fallback for models that are not a ``Sequential`` of the supported layers, uses the box
+centres').
 """
 from __future__ import annotations
 
