@@ -124,15 +124,18 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per run")
     parser.add_argument("--json", dest="json_path", help="also write the rows to this JSON file")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     rows = [row for model in args.models for objective in args.objectives for row in benchmark(model, objective, args)]
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     print(f"mnist, global batch {args.batch_size}, eps {args.eps}, {args.steps} steps in the timed epoch "
-          f"(epoch {args.epochs} of {args.epochs}), median of {args.repeats}, {cpu_name()} ({os.cpu_count()} cores)")
+          f"(epoch {args.epochs} of {args.epochs}), median of {args.repeats}, {cpu_name()} ({os.cpu_count()} cores), "
+          f"{load}")
     print(format_table(rows))
     if args.json_path:
         target = Path(args.json_path).resolve()
         with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as stream:
-            json.dump({"cpu": cpu_name(), "cores": os.cpu_count(), "batch_size": args.batch_size, "steps": args.steps,
-                       "rows": rows}, stream, indent=2)
+            json.dump({"cpu": cpu_name(), "cores": os.cpu_count(), "load": load, "batch_size": args.batch_size,
+                       "steps": args.steps, "rows": rows}, stream, indent=2)
         os.replace(stream.name, target)
 
 
