@@ -36,7 +36,7 @@ class IbpTrace:
 
     input_shapes: list[torch.Size] = field(default_factory=list)
     relu_inputs: list[Interval] = field(default_factory=list)
-    batch_norm_affines: list[Interval] = field(default_factory=list)
+    batch_norm_affines: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
 def interval_bounds(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor | None = None,
