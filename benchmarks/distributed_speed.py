@@ -7,6 +7,8 @@ the same cores. Every run trains the first STEPS·BATCH MNIST training images (t
 the last epoch's `train_seconds` from rank 0's metrics.jsonl gives steps/s: the earlier epochs warm up,
 and rank 0's per-epoch evaluation (16 test images) falls outside the timed loop. Layouts run in turn
 --repeats times and the median is kept, so that a shared machine's changing load falls on all alike.
+The environment passes through: on cores that other jobs load, OMP_WAIT_POLICY=PASSIVE keeps a process's
+OpenMP threads from spinning while they wait for each other (without it, 1x2 ran 5-50x slower than 1x1).
 
     python benchmarks/distributed_speed.py --models mlp-256x2 dm-small --objectives ibp maar-ibp \\
         --layouts 1x1 1x2 2x1 --steps 20 --repeats 3
@@ -23,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from maar_plugin.atomic import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,17 +130,16 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rows = [row for model in args.models for objective in args.objectives for row in benchmark(model, objective, args)]
-    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    load = (f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}")
     print(f"mnist, global batch {args.batch_size}, eps {args.eps}, {args.steps} steps in the timed epoch "
           f"(epoch {args.epochs} of {args.epochs}), median of {args.repeats}, {cpu_name()} ({os.cpu_count()} cores), "
           f"{load}")
     print(format_table(rows))
     if args.json_path:
-        target = Path(args.json_path).resolve()
-        with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp") as stream:
-            json.dump({"cpu": cpu_name(), "cores": os.cpu_count(), "load": load, "batch_size": args.batch_size,
-                       "steps": args.steps, "rows": rows}, stream, indent=2)
-        os.replace(stream.name, target)
+        atomic_write_text(args.json_path, json.dumps(
+            {"cpu": cpu_name(), "cores": os.cpu_count(), "load": load, "batch_size": args.batch_size,
+             "steps": args.steps, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
