@@ -48,8 +48,8 @@ def _box(batch: int, channels: int, eps: float = 0.05):
     return x, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
 
 
-def _plain_crown_ibp(model, lower, upper, spec, clean=None):
-    _, trace = interval_bounds_with_trace(model, lower, upper, clean=clean)
+def _plain_crown_ibp(model, lower, upper, spec):
+    _, trace = interval_bounds_with_trace(model, lower, upper)
     return crown_lower(model, lower, upper, spec, trace)
 
 
