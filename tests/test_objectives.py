@@ -158,6 +158,28 @@ def test_maar_adds_the_ramped_weighted_kl_bound():
     assert torch.allclose(maar_terms.total, expected)
 
 
+@pytest.mark.parametrize("make_model, training", [(_mlp, True), (_Wrapped, True), (_conv_bn, False)])
+def test_crown_ibp_loss_and_gradients_are_its_formula_over_auto_lirpas_bounds(make_model, training):
+    """κ·CE + (1−κ)·robust CE(β·CROWN-IBP + (1−β)·IBP margins), the bounds by auto_LiRPA (the plain-torch
+    pass for Sequential models must give the same loss and gradients)."""
+    model = make_model().train(training)
+    x, y = _batch()
+    eps, progress = 0.05, 0.4  # κ = β = 0.6
+    bounder = LirpaBounds(model, x[:1])  # built first: building reloads the parameters in place
+    loss = create_objective("crown-ibp", model, INFO).loss(x, y, eps, progress).total
+    lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    spec = margin_spec(y, INFO.num_classes)
+    ibp = bounder.bounds(lower, upper, spec, "IBP")[0]
+    crown_ibp = bounder.bounds(lower, upper, spec, "CROWN-IBP", bound_upper=False)[0]
+    robust = robust_ce_from_margins(0.6 * crown_ibp + 0.4 * ibp).mean()
+    expected = 0.6 * F.cross_entropy(model(x), y) + 0.4 * robust
+    assert torch.allclose(loss, expected, atol=1e-6)
+    if training:  # auto_LiRPA 0.3 bounds carry no gradient in eval mode
+        parameters = list(model.parameters())
+        for ours, theirs in zip(torch.autograd.grad(loss, parameters), torch.autograd.grad(expected, parameters)):
+            assert torch.allclose(ours, theirs, atol=1e-6)
+
+
 def test_pairwise_pass_gives_the_margin_bounds_of_a_margin_only_pass():
     model = _conv_bn().eval()
     x, y = _batch()

@@ -16,6 +16,8 @@ training step does that).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +28,17 @@ from maar_plugin.models.normalize import Normalize
 Interval = tuple[Tensor, Tensor]
 
 
+@dataclass
+class IbpTrace:
+    """What an IBP pass leaves for a CROWN pass back through the same layers (``bounds.crown``): each
+    layer's input shape per example, and in order the input bounds of each ReLU and the map
+    ``scale * x + shift`` (per channel) of each BatchNorm, with the statistics the pass used."""
+
+    input_shapes: list[torch.Size] = field(default_factory=list)
+    relu_inputs: list[Interval] = field(default_factory=list)
+    batch_norm_affines: list[tuple[Tensor, Tensor]] = field(default_factory=list)
+
+
 def interval_bounds(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor | None = None,
                     *, clean: Tensor | None = None) -> Interval:
     """IBP bounds of ``model`` (or of ``spec @ model``, spec [B, S, K]) over the box [lower, upper].
@@ -33,36 +46,44 @@ def interval_bounds(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Te
     ``spec`` is folded into the final Linear layer (``W' = spec W``, ``b' = spec b``), as auto_LiRPA does.
     ``clean``: the input whose batch statistics train-mode BatchNorm uses; defaults to the box centre.
     """
-    bounds, _ = _propagate(model, lower, upper, spec, clean, record_relu_inputs=False)
-    return bounds
+    return _propagate(model, lower, upper, spec, clean, trace=None)
 
 
 def interval_bounds_with_relu_inputs(model: nn.Sequential, lower: Tensor, upper: Tensor,
                                      spec: Tensor | None = None, *, clean: Tensor | None = None
                                      ) -> tuple[Interval, list[Interval]]:
     """``interval_bounds`` plus the pre-activation bounds (lower, upper) at the input of every ReLU, in order."""
-    return _propagate(model, lower, upper, spec, clean, record_relu_inputs=True)
+    bounds, trace = interval_bounds_with_trace(model, lower, upper, spec, clean=clean)
+    return bounds, trace.relu_inputs
+
+
+def interval_bounds_with_trace(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor | None = None,
+                               *, clean: Tensor | None = None) -> tuple[Interval, IbpTrace]:
+    """``interval_bounds`` plus the ``IbpTrace`` a CROWN pass over the same box needs (CROWN-IBP)."""
+    trace = IbpTrace()
+    return _propagate(model, lower, upper, spec, clean, trace), trace
 
 
 def _propagate(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor | None,
-               clean: Tensor | None, record_relu_inputs: bool) -> tuple[Interval, list[Interval]]:
+               clean: Tensor | None, trace: IbpTrace | None) -> Interval:
     if not isinstance(model, nn.Sequential):
         raise MaarError(f"fused IBP needs an nn.Sequential model, got {type(model).__name__}")
     centre, radius = (upper + lower) / 2, (upper - lower) / 2
     reference = _clean_input(model, centre, clean)
-    relu_inputs: list[Interval] = []
     layers = list(model)
     fold_spec = spec is not None and bool(layers) and isinstance(layers[-1], nn.Linear)
     for layer in layers[:-1] if fold_spec else layers:
+        if trace is not None:
+            trace.input_shapes.append(centre.shape[1:])
         if isinstance(layer, nn.ReLU):
             low, high = centre - radius, centre + radius
-            if record_relu_inputs:
-                relu_inputs.append((low, high))
+            if trace is not None:
+                trace.relu_inputs.append((low, high))
             low, high = low.clamp(min=0), high.clamp(min=0)
             centre, radius = (high + low) / 2, (high - low) / 2
             reference = None if reference is None else reference.clamp(min=0)
         else:
-            centre, radius, reference = _affine_layer(layer, centre, radius, reference)
+            centre, radius, reference = _affine_layer(layer, centre, radius, reference, trace)
     if fold_spec:
         final = layers[-1]
         weight = spec.matmul(final.weight)
@@ -70,7 +91,7 @@ def _propagate(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor 
         centre, radius = _batched_affine(weight, bias, centre, radius)
     elif spec is not None:
         centre, radius = _batched_affine(spec, 0.0, centre, radius)
-    return (centre - radius, centre + radius), relu_inputs
+    return centre - radius, centre + radius
 
 
 def _clean_input(model: nn.Sequential, centre: Tensor, clean: Tensor | None) -> Tensor | None:
@@ -93,8 +114,8 @@ def _batched_affine(weight: Tensor, bias: Tensor | float, centre: Tensor, radius
     return new_centre, new_radius
 
 
-def _affine_layer(layer: nn.Module, centre: Tensor, radius: Tensor, reference: Tensor | None
-                  ) -> tuple[Tensor, Tensor, Tensor | None]:
+def _affine_layer(layer: nn.Module, centre: Tensor, radius: Tensor, reference: Tensor | None,
+                  trace: IbpTrace | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Centre, radius and clean input through one layer that is affine (given its statistics)."""
     if isinstance(layer, nn.Linear):
         return (F.linear(centre, layer.weight, layer.bias), F.linear(radius, layer.weight.abs()),
@@ -106,6 +127,8 @@ def _affine_layer(layer: nn.Module, centre: Tensor, radius: Tensor, reference: T
                 None if reference is None else layer(reference))
     if isinstance(layer, nn.modules.batchnorm._BatchNorm):
         scale, shift = _batch_norm_affine(layer, reference)
+        if trace is not None:
+            trace.batch_norm_affines.append((scale, shift))
         shape = (1, -1) + (1,) * (centre.ndim - 2)
         scale, shift = scale.view(shape), shift.view(shape)
         return (centre * scale + shift, radius * scale.abs(),

@@ -10,8 +10,9 @@ from torch import nn
 class Normalize(nn.Module):
     """``(x - mean) / std`` per channel (buffers shaped [1, C, 1, 1]).
 
-    ``maar export`` writes it to ONNX as an equal 1x1 convolution, and ``LirpaBounds`` bounds it as
-    one: auto_LiRPA's fast "patches" mode cannot carry CROWN bounds through per-channel Sub/Div.
+    ``maar export`` writes it to ONNX as an equal 1x1 convolution; ``LirpaBounds`` applies it to the input
+    box and bounds the rest: auto_LiRPA's fast "patches" mode cannot carry CROWN bounds through per-channel
+    Sub/Div.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):

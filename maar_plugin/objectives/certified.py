@@ -4,12 +4,15 @@ Both minimise κ·CE(clean) + (1−κ)·robust loss, with κ ramped from ``kappa
 the ε ramp; they differ in one hook, ``pairwise_and_margin_lower``. Two more hooks serve the bases built
 on them (``sabr``, ``expressive``): ``input_box`` (the region bounded; the ε-ball by default) and
 ``robust_loss`` (the robust CE of the margin bounds by default). The bound pass runs on the pairwise
-specification (rows z_j − z_k, j ≠ k), shared by all examples: it contains every margin row, costs IBP
-no more than the per-example margin rows, and gives a regulariser (MAAR) upper bounds of all logit
-differences from the same pass (``PairwiseBoundsObjective``).
+specification (rows z_j − z_k, j ≠ k), shared by all examples: it contains every margin row, costs the
+fused IBP pass no more than the per-example margin rows, and gives a regulariser (MAAR) upper bounds of
+all logit differences from the same pass (``PairwiseBoundsObjective``). CROWN-IBP's CROWN part bounds the
+margin rows only, from the intermediate bounds of that IBP pass (``bounds.crown``).
 
 Every pass of a step runs inside ``clean_batch_statistics``: train-mode BatchNorm uses the clean batch's
-statistics for the attack, the fused IBP pass and the adversarial logits, as CTBench does.
+statistics for the attack, the fused IBP and CROWN-IBP passes and the adversarial logits, as CTBench does
+(auto_LiRPA, the fallback for models that are not a ``Sequential`` of the supported layers, uses the box
+centres').
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maar_plugin.bounds.box import linf_ball_box
-from maar_plugin.bounds.ibp import interval_bounds
+from maar_plugin.bounds.crown import crown_lower, supports_crown
+from maar_plugin.bounds.ibp import interval_bounds, interval_bounds_with_trace
 from maar_plugin.bounds.lirpa import LirpaBounds
 from maar_plugin.bounds.specs import margin_spec, margins_from_pairwise, pairwise_matrix, pairwise_spec
 from maar_plugin.data import DatasetInfo
@@ -91,7 +95,7 @@ class CertifiedObjective(PairwiseBoundsObjective):
     """κ·CE(clean) + (1−κ)·CE(worst-case logits from margin lower bounds); subclasses bound the margins."""
 
     Hyperparameters = IbpHyperparameters
-    needs_crown: ClassVar[bool] = False
+    needs_crown: ClassVar[bool] = False  # CROWN-IBP: in plain torch where ``supports_crown``, else auto_LiRPA
     bounds_whole_ball: ClassVar[bool] = True  # False where ``input_box`` is smaller than the ε-ball
 
     def __init__(self, model: nn.Module, info: DatasetInfo, **hyperparameters: Any):
@@ -99,8 +103,9 @@ class CertifiedObjective(PairwiseBoundsObjective):
         # Built here, not on first use: building reloads the model's state in place, which would break
         # the autograd graph of a forward pass already made in the same step.
         self.fused_ibp = _fused_ibp_supports(model)
+        self.fused_crown = self.needs_crown and self.fused_ibp and supports_crown(model)
         self.lirpa: LirpaBounds | None = None
-        if self.needs_crown or not self.fused_ibp:
+        if not self.fused_ibp or (self.needs_crown and not self.fused_crown):
             device = next(model.parameters()).device
             self.lirpa = LirpaBounds(model, torch.zeros(1, *info.input_shape, device=device))
 
@@ -193,13 +198,23 @@ class CrownIbp(CertifiedObjective):
         num_classes = self.info.num_classes
         rows = self.pairwise_rows(lower)
         crown_rows = rows if tight_pairwise else margin_spec(y, num_classes).to(lower.dtype)
-        ibp_rows, crown_lower = self.lirpa.ibp_and_crown_ibp_lower(lower, upper, rows, crown_rows)
+        ibp_rows, crown_rows_lower = self.ibp_and_crown_ibp_lower(lower, upper, rows, crown_rows, clean)
         ibp_pairwise = pairwise_matrix(ibp_rows, num_classes)
         if tight_pairwise:
-            pairwise_lower = beta * pairwise_matrix(crown_lower, num_classes) + (1.0 - beta) * ibp_pairwise
+            pairwise_lower = beta * pairwise_matrix(crown_rows_lower, num_classes) + (1.0 - beta) * ibp_pairwise
             return pairwise_lower, margins_from_pairwise(pairwise_lower, y), {"beta": beta}
-        margin_lower = beta * crown_lower + (1.0 - beta) * margins_from_pairwise(ibp_pairwise, y)
+        margin_lower = beta * crown_rows_lower + (1.0 - beta) * margins_from_pairwise(ibp_pairwise, y)
         return ibp_pairwise, margin_lower, {"beta": beta}
+
+    def ibp_and_crown_ibp_lower(self, lower: Tensor, upper: Tensor, rows: Tensor, crown_rows: Tensor,
+                                clean: Tensor | None) -> tuple[Tensor, Tensor]:
+        """IBP lower bounds of ``rows`` and CROWN-IBP lower bounds of ``crown_rows`` from one IBP pass: plain
+        torch where the model allows it (BatchNorm with ``clean``'s statistics), else auto_LiRPA (the box
+        centres')."""
+        if self.fused_crown:
+            (ibp_lower, _), trace = interval_bounds_with_trace(self.model, lower, upper, rows, clean=clean)
+            return ibp_lower, crown_lower(self.model, lower, upper, crown_rows, trace)
+        return self.lirpa.ibp_and_crown_ibp_lower(lower, upper, rows, crown_rows)
 
 
 def _fused_ibp_supports(model: nn.Module) -> bool:
