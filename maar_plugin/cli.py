@@ -306,11 +306,14 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
               help="runs trained side by side, and shard processes per certification (processes)")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="training device")
+@click.option("--retry-open", type=float, metavar="SECONDS",
+              help="verify instances left open again with this timeout (0: not again)  [default: the recipe's "
+                   "certify_retry_timeout]")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @verifier_options
 def reproduce_command(setting: str, model: str, recipe_name: str | None, objectives: str, seeds: str, out_dir: str,
-                      scale: str, jobs: int, device: str, no_progress: bool, verifier_name: str,
-                      abcrown_checkout: str | None, abcrown_python: str | None) -> None:
+                      scale: str, jobs: int, device: str, retry_open: float | None, no_progress: bool,
+                      verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None) -> None:
     """Train every objective × seed of a recipe, evaluate each run, verify it completely; resumable.
 
     SETTING is e.g. mnist-eps0.3; `maar report OUT` then prints the table."""
@@ -319,7 +322,7 @@ def reproduce_command(setting: str, model: str, recipe_name: str | None, objecti
     rows = [row.label for row in parse_rows(objectives)]
     reproduce(recipe_name or f"{setting}-{model}", rows, parse_seeds(seeds), out_dir, scale=scale, jobs=jobs,
               device=device, progress=not no_progress, log=click.echo,
-              verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python))
+              verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python), retry_open=retry_open)
     click.echo(markdown_report(out_dir), nl=False)
 
 

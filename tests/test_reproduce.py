@@ -228,3 +228,23 @@ def test_caption_names_the_complete_verifier(grid, tmp_path):
     for path in copy.glob("certify/*/certified_accuracy.json"):
         path.write_text(json.dumps({**json.loads(path.read_text()), "verifier": "abcrown"}))
     assert "complete-certified (α,β-CROWN, `--verifier abcrown`, " in markdown_report(copy)
+
+
+def test_caption_and_open_column_give_the_retry_timeouts_of_the_certificates(grid, tmp_path):
+    assert "open ones again" not in markdown_report(grid)        # the tiny recipe retries nothing
+    copy = tmp_path / "grid"
+    shutil.copytree(grid, copy)
+    paths = sorted(copy.glob("certify/*/certified_accuracy.json"))
+    for index, path in enumerate(paths):
+        retry = 60 if "ibp-s" in path.parent.name and "maar" not in path.parent.name else 20
+        path.write_text(json.dumps({**json.loads(path.read_text()), "retry_timeout": retry}))
+    report = markdown_report(copy)
+    assert "open ones again with 20 or 60 s as the *open* column says" in report
+    assert "(again with 60 s)" in report.split("| ibp |")[1].splitlines()[0]
+    assert "(again with 20 s)" in report.split("| maar-ibp |")[1].splitlines()[0]
+
+
+def test_reproduce_retry_open_override_is_checked(recipe_file, tmp_path):
+    with pytest.raises(MaarError, match="--retry-open"):
+        reproduce(str(recipe_file), ["ibp"], [0], tmp_path / "out", device="cpu", progress=False, log=quiet,
+                  retry_open=-1)

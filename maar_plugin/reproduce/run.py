@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -194,18 +194,24 @@ def reproduce(
     progress: bool = True,
     log: Callable[[str], None] = print,
     verifier: Verifier | None = None,
+    retry_open: float | None = None,
 ) -> Plan:
     """Train, evaluate and certify ``rows`` × ``seeds`` of a recipe into ``out_dir`` (resumable).
 
     ``jobs`` > 1 trains and evaluates that many (row, seed) runs side by side in separate processes (on a
     CPU each gets an equal share of the cores; on a GPU they share the card), then certifies run after run,
     each in ``jobs`` processes that verify one shard of its instances (``maar certify --jobs``).
-    ``verifier`` (e.g. α,β-CROWN) replaces our cascade in the complete verification.
+    ``verifier`` (e.g. α,β-CROWN) replaces our cascade in the complete verification. ``retry_open``
+    overrides the recipe's ``certify_retry_timeout`` (0: open instances are not verified again).
     """
     if jobs < 1:
         raise MaarError(f"--jobs must be at least 1, got {jobs}")
+    if retry_open is not None and retry_open < 0:
+        raise MaarError(f"--retry-open must be 0 (no retry) or a positive number of seconds, got {retry_open:g}")
     out_dir = Path(out_dir)
     recipe = load_recipe(recipe_name, scale)
+    if retry_open is not None:
+        recipe = replace(recipe, evaluation=replace(recipe.evaluation, certify_retry_timeout=retry_open or None))
     parsed = [parse_row(row) for row in rows]
     plan = _extend_plan(out_dir, recipe, parsed, seeds, device)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None

@@ -31,6 +31,7 @@ class RunResult:
     train_minutes: float | None = None
     hardware: str | None = None
     verifier: str | None = None
+    retry_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def _read_run(out_dir: Path, row: Row, seed: int) -> RunResult:
         result.metrics["complete"] = float(certificate["complete"])
         result.open = int(certificate["open"])
         result.verifier = certificate.get("verifier", "maar")
+        result.retry_timeout = certificate.get("retry_timeout")
     return result
 
 
@@ -137,6 +139,7 @@ def summary_rows(results: list[RunResult]) -> list[dict]:
             summary[key] = statistic([run.metrics[key] for run in runs if key in run.metrics])
         opens = [run.open for run in runs if run.open is not None]
         summary["open"] = sum(opens) if opens else None
+        summary["retry"] = _retry_timeouts(runs)
         summary["train_minutes"] = statistic([run.train_minutes for run in runs if run.train_minutes is not None])
         summary["hardware"] = ", ".join(sorted({run.hardware for run in runs if run.hardware})) or "–"
         summaries.append(summary)
@@ -164,9 +167,20 @@ def paired_effects(results: list[RunResult]) -> list[dict]:
     return effects
 
 
-def _retry_note(evaluation: dict) -> str:
-    retry = evaluation.get("certify_retry_timeout")
-    return f", open ones again with {retry:g} s" if retry else ""
+def _retry_timeouts(results: list[RunResult]) -> list[float]:
+    """The distinct timeouts the runs' open instances were verified again with (from their certificates)."""
+    return sorted({result.retry_timeout for result in results if result.retry_timeout})
+
+
+def _retry_note(results: list[RunResult]) -> str:
+    timeouts = _retry_timeouts(results)
+    if not timeouts:
+        return ""
+    if len(timeouts) == 1:
+        return f", open ones again with {timeouts[0]:g} s"
+    return f", open ones again with {' or '.join(f'{t:g}' for t in timeouts)} s as the *open* column says"
+
+
 _VERIFIER_NAMES = {"maar": "`maar verify`", "abcrown": "α,β-CROWN, `--verifier abcrown`"}
 
 
@@ -183,7 +197,7 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
         f"Recipe `{plan.recipe}` at {plan.scale} scale. Clean, PGD ({evaluation['pgd_steps']} steps, "
         f"{evaluation['pgd_restarts']} restarts) and IBP-verified accuracy on the first {evaluation['count']} test "
         f"images, CROWN-verified on the first {evaluation['crown_count']}, complete-certified ({verifier}, "
-        f"{evaluation['certify_timeout']:g} s per instance{_retry_note(evaluation)}) on the first "
+        f"{evaluation['certify_timeout']:g} s per instance{_retry_note(results)}) on the first "
         f"{evaluation['certify_count']}; "
         "mean ± sample standard deviation over seeds, in percent. *open*: instances left undecided (timeouts), "
         "summed over seeds; complete-certified is exact where it is 0.",
@@ -196,6 +210,8 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
         cells = " | ".join(_cell(summary[key], len(summary["seeds"])) for key, _ in METRICS)
         minutes = "–" if summary["train_minutes"] is None else f"{summary['train_minutes'].mean:.1f}"
         open_count = "–" if summary["open"] is None else str(summary["open"])
+        if len(_retry_timeouts(results)) > 1 and summary["retry"]:
+            open_count += f" (again with {'/'.join(f'{t:g}' for t in summary['retry'])} s)"
         lines.append(f"| {summary['row']} | {seeds} | {cells} | {open_count} | {minutes} | {summary['hardware']} |")
     effects = paired_effects(results)
     if effects:
