@@ -17,6 +17,7 @@ import yaml
 from click.testing import CliRunner
 from torch import nn
 
+from conftest import write_tiny_benchmark
 import maar_plugin  # noqa: F401
 from maar_plugin.cli import cli
 from maar_plugin.errors import MaarError
@@ -113,19 +114,7 @@ FAKE_ABCROWN = textwrap.dedent('''
 @pytest.fixture
 def benchmark(tmp_path: Path) -> Path:
     """A network and properties: ``always`` is violated everywhere in its box, ``never`` nowhere."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
-    (tmp_path / "models").mkdir()
-    torch.onnx.export(model, torch.zeros(1, 3), str(tmp_path / "models" / "net.onnx"), input_names=["input"],
-                      dynamo=False)
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    declarations = "\n".join([f"(declare-const X_{i} Real)" for i in range(3)] + ["(declare-const Y_0 Real)",
-                                                                                  "(declare-const Y_1 Real)"])
-    box = "\n".join(f"(assert (>= X_{i} 0.2))\n(assert (<= X_{i} 0.3))" for i in range(3))
-    for name, output in [("always", "(<= Y_0 1e6)"), ("never", "(>= Y_0 1e6)")]:
-        (specs / f"{name}.vnnlib").write_text(f"{declarations}\n{box}\n(assert {output})\n")
-    return specs
+    return write_tiny_benchmark(tmp_path)
 
 
 def _instances(benchmark: Path, stems: list[str], timeout: float = 10.0) -> list[Instance]:

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
-from torch import nn
 
+from conftest import write_tiny_benchmark
 from maar_plugin.cli import cli
 from maar_plugin.errors import MaarError
 from maar_plugin.verification import Shard, parse_shard, rank_device, read_log, shard_from_env
@@ -32,22 +31,7 @@ VERDICT_COLUMNS = ("instance", "onnx", "vnnlib", "verdict", "stage", "unstable_r
 @pytest.fixture
 def benchmark(tmp_path: Path) -> Path:
     """Five instances on one small network (two pairs with the same name), sat and unsat mixed."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
-    (tmp_path / "models").mkdir()
-    torch.onnx.export(model, torch.zeros(1, 3), str(tmp_path / "models" / "net.onnx"), input_names=["input"],
-                      dynamo=False)
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    declarations = "\n".join([f"(declare-const X_{i} Real)" for i in range(3)] + ["(declare-const Y_0 Real)",
-                                                                                  "(declare-const Y_1 Real)"])
-    box = "\n".join(f"(assert (>= X_{i} 0.2))\n(assert (<= X_{i} 0.3))" for i in range(3))
-    (specs / "always.vnnlib").write_text(f"{declarations}\n{box}\n(assert (<= Y_0 1e6))\n")        # sat
-    (specs / "never.vnnlib").write_text(f"{declarations}\n{box}\n(assert (>= Y_0 1e6))\n")         # unsat
-    (specs / "also.vnnlib").write_text(f"{declarations}\n{box}\n(assert (>= Y_1 1e6))\n")          # unsat
-    rows = ["always", "never", "also", "always", "never"]
-    (specs / "instances.csv").write_text("".join(f"../models/net.onnx,{row}.vnnlib,10\n" for row in rows))
-    return specs
+    return write_tiny_benchmark(tmp_path, ["always", "never", "also", "always", "never"])
 
 
 def verify(benchmark: Path, out: Path, *extra: str, env: dict | None = None):

@@ -5,11 +5,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from click.testing import CliRunner
-from torch import nn
 
+from conftest import write_tiny_benchmark
 import maar_plugin  # noqa: F401
 from maar_plugin.cli import cli
 from maar_plugin.errors import MaarError
@@ -21,20 +20,7 @@ FAST_FLAGS = ["--pgd-steps", "5", "--pgd-restarts", "1", "--alpha-iterations", "
 @pytest.fixture
 def benchmark(tmp_path: Path) -> Path:
     """A spec folder like `maar export` writes: model, two properties, instances.csv."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
-    (tmp_path / "models").mkdir()
-    torch.onnx.export(model, torch.zeros(1, 3), str(tmp_path / "models" / "net.onnx"), input_names=["input"],
-                      dynamo=False)
-    specs = tmp_path / "specs"
-    specs.mkdir()
-    declarations = "\n".join([f"(declare-const X_{i} Real)" for i in range(3)] + ["(declare-const Y_0 Real)",
-                                                                                  "(declare-const Y_1 Real)"])
-    box = "\n".join(f"(assert (>= X_{i} 0.2))\n(assert (<= X_{i} 0.3))" for i in range(3))
-    (specs / "always.vnnlib").write_text(f"{declarations}\n{box}\n(assert (<= Y_0 1e6))\n")        # sat
-    (specs / "never.vnnlib").write_text(f"{declarations}\n{box}\n(assert (>= Y_0 1e6))\n")         # unsat
-    (specs / "instances.csv").write_text("../models/net.onnx,always.vnnlib,10\n../models/net.onnx,never.vnnlib,10\n")
-    return specs
+    return write_tiny_benchmark(tmp_path, ["always", "never"])
 
 
 def test_verify_instances_writes_results_and_resumes(benchmark, tmp_path):
