@@ -9,12 +9,11 @@ import torch
 from torch import nn
 
 import maar_plugin  # noqa: F401
+from benchmarks.bab_near_ties import milp_verdict
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.bab import BabOptions, BabProblem, BranchAndBound, _Domains
 from maar_plugin.verification.branching import BRANCHING_STRATEGIES
-from maar_plugin.verification.bounds import interval_preactivation_bounds
 from maar_plugin.verification.graph import Add, GraphNode, LayerGraph, Reshape
-from maar_plugin.verification.milp import solve_disjunct
 from maar_plugin.verification.network import AffineLayer, ReluNetwork
 from maar_plugin.verification.split_bounds import SplitBoundEngine
 
@@ -67,18 +66,6 @@ def random_problem(seed: int):
             row[label], row[j] = 1.0, -1.0
             rows.append(row[None])                      # unsafe: y_label − y_j <= 0
     return network, lower, upper, np.stack(rows), np.zeros((len(rows), 1))
-
-
-def milp_verdict(network, lower, upper, C, d) -> str:
-    bounds = interval_preactivation_bounds(network, lower, upper)
-    verdict = "unsat"
-    for k in range(len(C)):
-        outcome = solve_disjunct(network, bounds, lower, upper, C[k], d[k], 30)
-        if outcome.status == "candidate" and outcome.objective < -1e-4:
-            return "sat"
-        if outcome.status != "refuted":
-            verdict = "ambiguous"
-    return verdict
 
 
 @pytest.mark.parametrize("branching", sorted(BRANCHING_STRATEGIES))
