@@ -161,7 +161,8 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--timeout", type=float, help="seconds per instance where the csv gives none  [default: 60]")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="device of the bound stages  [default: cpu]")
 @click.option("--pgd-steps", type=int, help="PGD steps per restart  [default: 50]")
-@click.option("--pgd-restarts", type=int, help="PGD restarts  [default: 5]")
+@click.option("--pgd-restarts", type=int,
+              help="PGD restarts per open disjunct (fewer on large networks)  [default: 10]")
 @click.option("--alpha-iterations", type=int, help="alpha-CROWN optimisation steps  [default: 20]")
 @click.option("--memory-limit", type=float, help="GB a network may need (larger ones are an error)  [default: 4]")
 @click.option("--milp-max-unstable", type=int,

@@ -62,7 +62,7 @@ class VerifyOptions:
 
     timeout: float = 60.0
     pgd_steps: int = 50
-    pgd_restarts: int = 5
+    pgd_restarts: int = 10
     alpha_iterations: int = 20
     device: str = "cpu"
     tolerance: float = 1e-5
@@ -212,8 +212,8 @@ class Cascade:
         """PGD towards each of ``disjuncts`` (default: the open ones) at once: one batch element per restart
         and disjunct, each maximising its own disjunct's smallest row slack ``d - C y`` (a gradient through
         a max over disjuncts would only ever pull towards one of them). On large networks the batch is cut
-        to ``PGD_NEURON_BUDGET`` ReLU evaluations per step (at least one element per disjunct and
-        ``restarts`` in all, targets taken in turn). Steps start at a quarter of the box's half-width and
+        to ``PGD_NEURON_BUDGET`` ReLU evaluations per step (at least one element per disjunct, targets
+        taken in turn). Steps start at a quarter of the box's half-width and
         shrink by 1 % a step (as α,β-CROWN's attack)."""
         disjuncts = case.open_disjuncts() if disjuncts is None else disjuncts
         rows, offsets, owners = _stacked_rows(case.prop, disjuncts)
@@ -225,7 +225,7 @@ class Cascade:
         # Row mask [D, rows]: the rows of each target disjunct; an element's value is its target's min slack.
         mask = owner[None, :] == torch.as_tensor(disjuncts, device=device)[:, None]
         affordable = PGD_NEURON_BUDGET // max(1, self.model.graph.relu_neurons())
-        batch = min(restarts * len(disjuncts), max(affordable, restarts, len(disjuncts)))
+        batch = min(restarts * len(disjuncts), max(affordable, len(disjuncts)))
         target = torch.arange(batch, device=device) % len(disjuncts)
 
         def violation(outputs: torch.Tensor) -> torch.Tensor:
