@@ -74,6 +74,19 @@ def test_maar_rows_know_their_base_and_sort_beside_it():
     assert table_order(labels) == ["natural", "pgd", "ibp", "maar-ibp", "maar-ibp:lam=0", "crown-ibp", "maar-crown-ibp"]
 
 
+def test_rows_take_a_training_radius_that_pairs_and_sorts_with_its_base(recipe_file):
+    row = parse_row("maar-exp-ibp:weighting=soft:train_eps=0.2")
+    assert row.objective_args == {"weighting": "soft"} and row.training_args == {"train_eps": 0.2}
+    assert maar_base(row.label) == "exp-ibp:train_eps=0.2"
+    config = run_config(load_recipe(str(recipe_file)), parse_row("ibp:train_eps=0.04"), 0, "cpu")
+    assert config.train_eps == 0.04 and config.eps == 0.02 and "train_eps" not in config.objective_args
+    labels = ["maar-ibp:train_eps=0.04", "ibp:train_eps=0.04", "maar-ibp", "ibp", "pgd"]
+    assert table_order(labels) == ["pgd", "ibp", "maar-ibp", "ibp:train_eps=0.04", "maar-ibp:train_eps=0.04"]
+    for bad in ("ibp:train_eps=0", "ibp:train_eps=1.5", "ibp:train_eps=wide", "ibp:train_eps=true"):
+        with pytest.raises(MaarError, match="train_eps"):
+            parse_row(bad)
+
+
 def test_statistic_is_mean_and_sample_standard_deviation():
     values = [91.2, 93.5, 92.0]
     stat = statistic(values)

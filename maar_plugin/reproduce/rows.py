@@ -1,4 +1,9 @@
-"""Rows of a results table: an objective with optional hyperparameters, written ``maar-ibp:lam=0.25:weighting=soft``."""
+"""Rows of a results table: an objective with optional hyperparameters, written ``maar-ibp:lam=0.25:weighting=soft``.
+
+Besides the objective's hyperparameters a row may set the training options of ``TRAINING_KEYS`` (e.g.
+``exp-ibp:train_eps=0.2``, CTBench's way of training for a test radius of 0.1); the run is still evaluated
+and certified at the recipe's radius.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +12,9 @@ import yaml
 
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class, objective_hyperparameters
+
+
+TRAINING_KEYS = {"train_eps": "radius to train at; the run is evaluated at the recipe's eps"}
 
 
 @dataclass(frozen=True)
@@ -29,7 +37,17 @@ class Row:
 
     @property
     def objective_args(self) -> dict:
-        return dict(self.args)
+        return {key: value for key, value in self.args if key not in TRAINING_KEYS}
+
+    @property
+    def training_args(self) -> dict:
+        """The row's training options (``TRAINING_KEYS``), applied over the recipe's."""
+        return {key: value for key, value in self.args if key in TRAINING_KEYS}
+
+    @property
+    def training_suffix(self) -> str:
+        """``:train_eps=0.2`` and the like: how the row's training options appear in its label."""
+        return "".join(f":{key}={value}" for key, value in self.args if key in TRAINING_KEYS)
 
 
 def parse_row(text: str) -> Row:
@@ -47,10 +65,15 @@ def parse_row(text: str) -> Row:
             args.append((key, yaml.safe_load(value)))
         except yaml.YAMLError:
             raise MaarError(f"{text!r}: cannot read the value of {key}") from None
-    accepted = objective_hyperparameters(name, dict(args))  # MAAR's depend on its base
-    for key, _ in args:
-        if key not in accepted:
-            raise MaarError(f"{text!r}: {key!r} is not a hyperparameter of {name}; it has {', '.join(accepted) or '(none)'}")
+    objective_args = {key: value for key, value in args if key not in TRAINING_KEYS}
+    accepted = objective_hyperparameters(name, objective_args)  # MAAR's depend on its base
+    for key, value in args:
+        if key in TRAINING_KEYS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise MaarError(f"{text!r}: {key} must be a number in (0, 1], got {value!r}")
+        elif key not in accepted:
+            raise MaarError(f"{text!r}: {key!r} is not a hyperparameter of {name} nor a training option "
+                            f"({', '.join(TRAINING_KEYS)}); it has {', '.join(accepted) or '(none)'}")
     return Row(name, tuple(args))
 
 

@@ -76,7 +76,8 @@ def _extend_plan(out_dir: Path, recipe: Recipe, rows: list[Row], seeds: list[int
 def run_config(recipe: Recipe, row: Row, seed: int, device: str) -> TrainConfig:
     """The recipe's training configuration for one row and seed."""
     return config_from_recipe(recipe.training, {"objective": row.objective, "objective_args": row.objective_args,
-                                                "seed": seed, "device": device}, base_args=recipe.base_args)
+                                                **row.training_args, "seed": seed, "device": device},
+                              base_args=recipe.base_args)
 
 
 def _with_defaults(options: dict) -> dict:

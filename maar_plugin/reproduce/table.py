@@ -88,11 +88,13 @@ _FAMILIES = ("natural", "pgd", *BUILT_IN_BASES)
 
 def table_order(labels: list[str]) -> list[str]:
     """natural, pgd, then each certified base followed by the MAAR rows over it, then the other families
-    (third parties' bases with their MAAR rows) by name."""
-    def key(label: str) -> tuple[int, str, int]:
-        family = maar_base(label) or parse_row(label).objective
+    (third parties' bases with their MAAR rows) by name; rows with training options (``train_eps``) after
+    their family's plain rows, each base still followed by the MAAR rows over it."""
+    def key(label: str) -> tuple[int, str, str, int]:
+        row, base = parse_row(label), maar_base(label)
+        family = parse_row(base).objective if base else row.objective
         position = _FAMILIES.index(family) if family in _FAMILIES else len(_FAMILIES)
-        return position, family if position == len(_FAMILIES) else "", int(maar_base(label) is not None)
+        return position, family if position == len(_FAMILIES) else "", row.training_suffix, int(base is not None)
 
     return sorted(labels, key=key)  # stable: plan order within a group
 
@@ -112,12 +114,13 @@ def collect_results(out_dir: str | Path, rows: list[str] | None = None) -> list[
 
 
 def maar_base(label: str) -> str | None:
-    """The base objective a MAAR row extends (``ibp``, ``sabr``, ...); None for other rows."""
+    """The row a MAAR row is paired with: its base objective (``ibp``, ``sabr``, ...) with the same training
+    options (``maar-sabr:train_eps=0.2`` → ``sabr:train_eps=0.2``); None for other rows."""
     row = parse_row(label)
     cls = objective_class(row.objective)
     if not issubclass(cls, Maar):
         return None
-    return cls.fixed_base or row.objective_args.get("base") or cls.Hyperparameters().base
+    return (cls.fixed_base or row.objective_args.get("base") or cls.Hyperparameters().base) + row.training_suffix
 
 
 def _cell(stat: Statistic | None, seeds: int) -> str:
