@@ -163,6 +163,20 @@ def test_an_interrupted_run_resumes_to_the_uninterrupted_result(recipe_file, tmp
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
 
 
+def test_a_run_stopped_before_its_first_epoch_starts_again(recipe_file, tmp_path, grid):
+    recipe = load_recipe(str(recipe_file))
+    out = tmp_path / "out"
+    run_dir = out / "runs" / "ibp-s0"
+    run_dir.mkdir(parents=True)  # what a run killed during its first epoch leaves: its config, no checkpoint
+    (run_dir / "config.json").write_text(json.dumps(run_config(recipe, parse_row("ibp"), 0, "cpu").to_dict()))
+    lines = []
+    reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=lines.append)
+    assert any("stopped before its first epoch" in line for line in lines)
+    trained = load_checkpoint(run_dir / CHECKPOINT_NAME)["model"]
+    uninterrupted = load_checkpoint(grid / "runs" / "ibp-s0" / CHECKPOINT_NAME)["model"]
+    assert all(torch.equal(trained[key], uninterrupted[key]) for key in uninterrupted)
+
+
 def test_a_folder_keeps_its_recipe_and_its_trained_options(grid, recipe_file, tmp_path):
     with pytest.raises(MaarError, match="holds recipe"):
         reproduce("mnist-eps0.1-dm-small", ["ibp"], [0], grid, scale="cpu", progress=False, log=quiet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -152,11 +153,15 @@ def _train_and_evaluate(task: _Task, log: Callable[[str], None] = print) -> None
         torch.set_num_threads(task.threads)
     name, config, settings = task.run_dir.name, task.config, task.evaluation
     state = training_state(task.run_dir, config.epochs)
-    if state != "new":
+    started = (task.run_dir / CONFIG_NAME).is_file()
+    if started:
         _same_training(task.run_dir, config)
+    if state == "new" and started:  # stopped before its first epoch ended: nothing to keep
+        shutil.rmtree(task.run_dir)
     if state != "done":
         log(f"{name}: training {config.objective} {config.objective_args or ''} for {config.epochs} epochs"
-            + (" (resuming)" if state == "partial" else ""))
+            + {"partial": " (resuming)", "new": " (again: it stopped before its first epoch)" if started else ""}
+            .get(state, ""))
         train(None if state == "partial" else config, task.run_dir, resume=state == "partial",
               show_progress=task.progress, log=lambda line: log(f"{name}: {line}"))
     if not _evaluation_done(task.run_dir, config.eps, settings):
