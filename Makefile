@@ -67,8 +67,9 @@ reproduce-cpu: install
 	$(BIN)/maar report $(CPU_RESULTS)/mnist-eps0.3-dm-small-cpu
 
 # The state-of-the-art bases and MAAR (soft) over each, at both CPU-scale settings, into the same folders
-# (a plan's rows are merged, so the base rows sit beside ibp's). The ε=0.1 half took 2 h 14 min (with --retry-open 0, then 12 min at 20 s) on
-# 2 cores (README, "The state-of-the-art bases"); the ε=0.3 half has not been run yet.
+# (a plan's rows are merged, so the base rows sit beside ibp's). On 2 cores (README, "The state-of-the-art
+# bases") the ε=0.1 half took 2 h 14 min one run at a time (--retry-open 0, then 12 min at 20 s), the ε=0.3
+# half 45 min with --jobs 2 (--retry-open 0, then the open instances at 20 s). Add --jobs 2 on 2 cores or more.
 BASE_ROWS := ibp,sabr,maar-sabr:weighting=soft,mtl-ibp,maar-mtl-ibp:weighting=soft,exp-ibp,maar-exp-ibp:weighting=soft,cc-ibp,maar-cc-ibp:weighting=soft
 reproduce-cpu-bases: install
 	$(REPRODUCE) mnist-eps0.1 --out $(CPU_RESULTS)/mnist-eps0.1-dm-small-cpu --objectives $(BASE_ROWS)
