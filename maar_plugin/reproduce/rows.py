@@ -14,7 +14,7 @@ from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class, objective_hyperparameters
 
 
-TRAINING_KEYS = {"train_eps": "radius to train at; the run is evaluated at the recipe's eps"}
+TRAINING_KEYS = ("train_eps",)  # TrainConfig options a row may set
 
 
 @dataclass(frozen=True)

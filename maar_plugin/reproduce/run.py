@@ -156,12 +156,12 @@ def _train_and_evaluate(task: _Task, log: Callable[[str], None] = print) -> None
     started = (task.run_dir / CONFIG_NAME).is_file()
     if started:
         _same_training(task.run_dir, config)
+    note = " (resuming)" if state == "partial" else ""
     if state == "new" and started:  # stopped before its first epoch ended: nothing to keep
         shutil.rmtree(task.run_dir)
+        note = " (again: it stopped before its first epoch)"
     if state != "done":
-        log(f"{name}: training {config.objective} {config.objective_args or ''} for {config.epochs} epochs"
-            + {"partial": " (resuming)", "new": " (again: it stopped before its first epoch)" if started else ""}
-            .get(state, ""))
+        log(f"{name}: training {config.objective} {config.objective_args or ''} for {config.epochs} epochs{note}")
         train(None if state == "partial" else config, task.run_dir, resume=state == "partial",
               show_progress=task.progress, log=lambda line: log(f"{name}: {line}"))
     if not _evaluation_done(task.run_dir, config.eps, settings):
