@@ -6,8 +6,8 @@
 
 A variant is a branching strategy, optionally followed by ``:option=value`` overrides of BabOptions.
 
-Suites: ``conv`` and ``residual``, the 16 seeded networks and properties of tests/test_bab_cascade.py
-(branch and bound forced, as there); ``256x2``, the ten VNN-COMP 2022 mnist_fc 256x2 instances our
+Suites: ``conv`` and ``residual``, the 16 seeded networks and properties of ``maar_plugin.testing.problems``
+that the tests use (branch and bound forced, as there); ``256x2``, the ten VNN-COMP 2022 mnist_fc 256x2 instances our
 cascade branches on; ``256x4``, all 30 of instances_256x4.csv (``--mnist`` is the benchmark's folder;
 nothing is downloaded). Each instance runs through `maar verify`'s cascade once per variant, the
 variants one after the other per instance, so that load on the machine hits them alike. Domains and
@@ -22,7 +22,6 @@ import contextlib
 import csv
 import io
 import statistics
-import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,8 +30,11 @@ from unittest import mock
 import numpy as np
 
 from maar_plugin.atomic import atomic_write_text
-from maar_plugin.verification import VerifyOptions, cascade, verify_instance
-from maar_plugin.verification.bab import BabOptions, BranchAndBound
+from maar_plugin.testing.problems import ResidualNet, conv_net, export_onnx, robustness_property
+from maar_plugin.verification import ModelCache, VerifyOptions, verify_instance
+from maar_plugin.verification.options import BabOptions
+from maar_plugin.verification.run import cascade
+from maar_plugin.verification.search.bab import BranchAndBound
 
 REPO = Path(__file__).resolve().parent.parent
 MNIST_256X2 = ("prop_4_0.03", "prop_6_0.03", "prop_8_0.03", "prop_0_0.05", "prop_4_0.05", "prop_9_0.05",
@@ -60,19 +62,17 @@ class Measured:
 
 def seeded_cases(folder: Path, timeout: float) -> list[Case]:
     """The tests' 16 conv and 16 residual networks with their properties, exported into ``folder``."""
-    sys.path.insert(0, str(REPO))
-    from tests.test_bab_cascade import BAB, ResidualNet, conv_net, robustness_property
-    from tests.test_verification_soundness import export
-
+    options = VerifyOptions(timeout=timeout, pgd_steps=10, pgd_restarts=2, alpha_iterations=5,
+                            bab=BabOptions(input_split_max_inputs=0))
     cases = []
     for suite, make, shape in (("conv", conv_net, (1, 1, 8, 8)), ("residual", ResidualNet, (1, 6))):
         for seed in range(16):
             rng = np.random.default_rng(seed)
             model = make(seed)
-            onnx_path = export(model, folder / f"{suite}{seed}.onnx", shape)
+            onnx_path = export_onnx(model, folder / f"{suite}{seed}.onnx", shape)
             prop = robustness_property(folder / f"{suite}{seed}.vnnlib", model, shape, rng,
                                        float(rng.uniform(0.05, 0.3)))
-            cases.append(Case(suite, f"{suite} seed {seed}", onnx_path, prop, replace(BAB, timeout=timeout)))
+            cases.append(Case(suite, f"{suite} seed {seed}", onnx_path, prop, options))
     return cases
 
 
@@ -97,7 +97,7 @@ def bab_options(base: BabOptions, variant: str) -> BabOptions:
     return replace(base, **changes)
 
 
-def measure(case: Case, variant: str, cache: cascade.ModelCache) -> Measured:
+def measure(case: Case, variant: str, cache: ModelCache) -> Measured:
     """One cascade run with ``variant``, counting branch and bound's domains and iterations."""
     outcomes = []
 
@@ -136,7 +136,7 @@ def main() -> None:
         print(header)
         print("-" * len(header))
         rows, totals = [], {s: [] for s in args.variants}
-        cache = cascade.ModelCache()
+        cache = ModelCache()
         for case in cases:
             measured = {s: measure(case, s, cache) for s in args.variants}
             decided = {m.verdict for m in measured.values() if m.verdict in ("sat", "unsat")}

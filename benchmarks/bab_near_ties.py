@@ -8,7 +8,7 @@ a random δ with 2e-4 <= |δ| <= 2e-2, so about half the properties hold and the
 ``--iterations N`` (N > 0) runs branch and bound with N α/β steps per bound pass and batch 8, which
 leaves β unconverged and provokes domains with every unstable ReLU split; 0 keeps the defaults. The
 table counts outcomes; ``WRONG`` (must stay 0) is a verdict that contradicts the MILP's.
-tests/test_domain_lp.py takes its end-to-end problems from here.
+The problems are ``maar_plugin.testing.problems.near_tie_problem``, which the tests use too.
 """
 from __future__ import annotations
 
@@ -16,66 +16,11 @@ import argparse
 import collections
 import time
 
-import numpy as np
 import torch
 
-from maar_plugin.verification.bab import BabOptions, BabProblem, BranchAndBound
-from maar_plugin.verification.bounds import interval_preactivation_bounds
-from maar_plugin.verification.milp import solve_disjunct
-from maar_plugin.verification.network import AffineLayer, ReluNetwork
-from maar_plugin.verification.split_bounds import SplitBoundEngine
-
-
-def near_tie_problem(seed: int, sizes: list[int]):
-    """(network, lower, upper, C [D, R, K], d [D, R]) with d at the exact minimum plus a small δ."""
-    rng = np.random.default_rng(seed)
-    network = ReluNetwork(tuple(AffineLayer(rng.normal(size=(b, a)) / np.sqrt(a), rng.normal(size=b) * 0.1)
-                                for a, b in zip(sizes[:-1], sizes[1:])), (1, sizes[0]))
-    centre, eps = rng.uniform(size=sizes[0]), rng.uniform(0.05, 0.4)
-    lower, upper = centre - eps, centre + eps
-    label = int(np.argmax(network.forward(centre[None])[0]))
-    rows = np.stack([np.eye(sizes[-1])[label] - np.eye(sizes[-1])[j] for j in range(sizes[-1]) if j != label])
-    C = rows[None] if rng.uniform() < 0.5 else rows[:, None]
-    bounds = interval_preactivation_bounds(network, lower, upper)
-    d = np.zeros(C.shape[:2])
-    for k in range(len(C)):
-        minimum = solve_disjunct(network, bounds, lower, upper, C[k], d[k], 60, required_margin=1e9,
-                                 refute_tolerance=1e9).objective
-        d[k] += minimum + rng.choice([-1, 1]) * rng.uniform(2e-4, 2e-2)
-    return network, lower, upper, C, d
-
-
-def milp_verdict(network: ReluNetwork, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, d: np.ndarray) -> str:
-    bounds = interval_preactivation_bounds(network, lower, upper)
-    verdict = "unsat"
-    for k in range(len(C)):
-        outcome = solve_disjunct(network, bounds, lower, upper, C[k], d[k], 30)
-        if outcome.status == "candidate" and outcome.objective < -1e-4:
-            return "sat"
-        if outcome.status != "refuted":
-            verdict = "ambiguous"
-    return verdict
-
-
-def branch_and_bound(network: ReluNetwork, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, d: np.ndarray,
-                     options: BabOptions, timeout: float) -> tuple[BranchAndBound, object]:
-    """The search (for inspection) and its outcome; counterexamples are confirmed on the float64 network."""
-    engine = SplitBoundEngine(network.to_graph())
-    box_lower, box_upper = torch.tensor(lower, dtype=torch.float32), torch.tensor(upper, dtype=torch.float32)
-    root = engine.intermediate_bounds(box_lower[None], box_upper[None])
-    problem = BabProblem(torch.tensor(C, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
-                         torch.full(d.shape, 1e-5), box_lower, box_upper,
-                         {relu: (low[0], up[0]) for relu, (low, up) in root.items()})
-
-    def confirm(points: torch.Tensor) -> torch.Tensor | None:
-        for point in points:
-            y = network.forward(point.double().numpy()[None])[0]
-            if any(np.all(C[k] @ y <= d[k]) for k in range(len(C))):
-                return point
-        return None
-
-    search = BranchAndBound(engine, problem, options, confirm)
-    return search, search.run(time.monotonic() + timeout)
+from maar_plugin.testing.milp import milp_verdict
+from maar_plugin.testing.problems import branch_and_bound, near_tie_problem
+from maar_plugin.verification.options import BabOptions
 
 
 def main() -> None:

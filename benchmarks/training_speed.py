@@ -22,12 +22,12 @@ import tempfile
 import time
 from collections.abc import Callable
 
-import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
 import torch
 import torch.nn.functional as F
 from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from torch import Tensor, nn
 
+import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
 from maar_plugin.bounds.ibp import interval_bounds
 from maar_plugin.bounds.specs import margin_spec
 from maar_plugin.data import DatasetInfo, dataset_info

@@ -11,8 +11,15 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from maar_plugin.verification import (BOUND_STAGES, VerifyOptions, certified_by, instance_table, read_instances_csv,
-                                      stage_table, verify_instances)
+from maar_plugin.verification import (
+    BOUND_STAGES,
+    VerifyOptions,
+    certified_by,
+    instance_table,
+    read_instances_csv,
+    stage_table,
+    verify_instances,
+)
 
 
 def main() -> None:
@@ -30,8 +37,8 @@ def main() -> None:
     print(stage_table(results))
     print()
     total = len(results)
-    for stage in (*BOUND_STAGES, "LP", "MILP"):
-        label = "complete (MILP)" if stage == "MILP" else stage
+    for stage in (*BOUND_STAGES, "BaB"):
+        label = "complete (BaB)" if stage == "BaB" else stage
         print(f"certified by {label:<16} or earlier: {certified_by(results, stage):4d} / {total}")
     unstable = [r.unstable_relus for r in results if r.unstable_relus is not None]
     if unstable:

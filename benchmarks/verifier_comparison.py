@@ -34,7 +34,7 @@ import yaml
 
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.verification import Instance, read_instances_csv, read_log
-from maar_plugin.verification.batch import instance_names
+from maar_plugin.verification.run.batch import instance_names
 
 REPO = Path(__file__).resolve().parent.parent
 DECIDED = ("sat", "unsat")
@@ -171,7 +171,7 @@ def table(rows: list[Row]) -> str:
     header = (f"{'instance':<40} {'maar':>7} {'stage':>11} {'wall s':>7} {'own s':>7} {'MB':>6}   "
               f"{'abcrown':>7} {'wall s':>7} {'own s':>7} {'MB':>6} {'ratio':>6}")
     lines = [header, "-" * len(header)]
-    own = lambda value: f"{value:7.1f}" if value is not None else f"{'-':>7}"  # noqa: E731
+    own = lambda value: f"{value:7.1f}" if value is not None else f"{'-':>7}"
     for row in rows:
         ratio = f"{row.ratio:6.2f}" if row.ratio is not None else f"{'-':>6}"
         mark = "  CONTRADICTION" if contradiction(row) else ""

@@ -7,7 +7,7 @@ model's train/eval mode: a caller that attacks a model with BatchNorm decides wh
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

@@ -10,8 +10,15 @@ from maar_plugin.atomic import atomic_write_text
 from maar_plugin.data import dataset_info, load_dataset
 from maar_plugin.errors import MaarError
 from maar_plugin.export import export_run, write_benchmark_files
-from maar_plugin.verification import (InstanceResult, Verifier, VerifyOptions, certified_by, read_instances_csv,
-                                      read_log, verify_in_processes)
+from maar_plugin.verification import (
+    InstanceResult,
+    Verifier,
+    VerifyOptions,
+    certified_by,
+    read_instances_csv,
+    read_log,
+    verify_in_processes,
+)
 from maar_plugin.verification.result import ABCROWN_STAGE
 from maar_plugin.vnnlib import write_robustness_vnnlib
 
@@ -25,9 +32,9 @@ class CertifiedAccuracy:
     ``clean``: the image itself is classified correctly (the centre check finds no violation);
     ``pgd``: no attack found a counterexample (an upper bound of the true robust accuracy);
     ``ibp`` / ``crown`` / ``alpha_crown``: proved by that bound method or a cheaper one of the cascade;
-    ``complete``: proved by any stage, the exact MILP included — the true certified accuracy when
+    ``complete``: proved by any stage, branch and bound included — the true certified accuracy when
     ``open`` (unknown, timeout, error) is 0; ``retry_timeout``: the time open instances were retried with.
-    ``verifier``: who decided, ``maar`` (the cascade) or ``abcrown`` (α,β-CROWN, which reports verdicts
+    ``verifier``: who decided, ``builtin`` (the cascade) or ``abcrown`` (α,β-CROWN, which reports verdicts
     only: the per-stage columns are then None).
     """
 
@@ -43,7 +50,7 @@ class CertifiedAccuracy:
     falsified: int
     open: int
     retry_timeout: float | None = None
-    verifier: str = "maar"
+    verifier: str = "builtin"
 
 
 def accuracy_from_results(name: str, eps: float, results: list[InstanceResult],
@@ -146,11 +153,19 @@ def certify(
 
 def _refuse_other_verifier(folder: Path, verifier: Verifier | None) -> None:
     """A resumed verification must not mix verdicts of the cascade and of α,β-CROWN."""
-    wanted = "abcrown" if verifier is not None else "maar"
-    earlier = {"abcrown" if ABCROWN_STAGE in r.stage_verdicts else "maar" for r in read_log(folder) if r.stage_verdicts}
+    wanted = "abcrown" if verifier is not None else "builtin"
+    earlier = {"abcrown" if ABCROWN_STAGE in r.stage_verdicts else "builtin" for r in read_log(folder)
+               if r.stage_verdicts}
     if earlier - {wanted}:
         raise MaarError(f"{folder} holds verdicts of --verifier {earlier.pop()}; resume with that verifier, "
                         "or certify into another --out")
+
+
+def certificate_verifier(certificate: dict) -> str:
+    """Who decided a certificate's instances: ``builtin`` or ``abcrown`` (files of earlier versions say
+    ``maar`` for the built-in verifier, or nothing)."""
+    name = certificate.get("verifier", "builtin")
+    return "builtin" if name == "maar" else name
 
 
 def accuracy_table(rows: list[CertifiedAccuracy]) -> str:

@@ -5,8 +5,10 @@ import sys
 
 import click
 
+from maar_plugin.cli_options import dataclass_flags, given_options, with_given
 from maar_plugin.errors import MaarError
 from maar_plugin.training.options import overrides_from_options, train_options
+from maar_plugin.verification.options import VerifyOptions
 
 
 class _Group(click.Group):
@@ -28,22 +30,40 @@ def verifier_options(command):
                            help="the Python that runs α,β-CROWN  [default: this one]")(command)
     command = click.option("--abcrown", "abcrown_checkout", type=click.Path(file_okay=False),
                            help="an α,β-CROWN checkout (the folder holding complete_verifier/abcrown.py)")(command)
-    return click.option("--verifier", "verifier_name", type=click.Choice(["maar", "abcrown"]), default="maar",
+    return click.option("--verifier", "verifier_name", type=click.Choice(["builtin", "abcrown"]), default="builtin",
                         show_default=True,
-                        help="our cascade, or α,β-CROWN (one process per batch; needs --abcrown)")(command)
+                        help="the built-in verifier, or α,β-CROWN (one process per batch; needs --abcrown)")(command)
 
 
-def make_verifier(name: str, checkout: str | None, python: str | None, config: dict | None = None):
-    """None for our cascade, else the α,β-CROWN back end (``config``: an α,β-CROWN config to run with)."""
-    if name == "maar":
+def retry_open_option(command):
+    return click.option("--retry-open", type=float, metavar="SECONDS",
+                        help="verify instances left open (timeout, unknown) again with this timeout, also those of "
+                             "a resumed run (0: no second pass)")(command)
+
+
+ABCROWN_OPTIONS = {"timeout", "device"}
+REPRODUCE_OWN_OPTIONS = ("timeout", "device")   # the recipe's certify_timeout; reproduce's --device does both   # the VerifyOptions an α,β-CROWN run takes; it has its own for the rest
+
+
+def make_verifier(name: str, checkout: str | None, python: str | None, given: dict | None = None,
+                  config: dict | None = None):
+    """None for the built-in cascade, else the α,β-CROWN back end (``config``: an α,β-CROWN config to run
+    with); ``given``: the verifier flags given, of which α,β-CROWN takes only ABCROWN_OPTIONS."""
+    if name == "builtin":
         if checkout or python:
             raise MaarError("--abcrown and --abcrown-python go with --verifier abcrown")
         return None
     if not checkout:
         raise MaarError("--verifier abcrown needs --abcrown PATH, the α,β-CROWN checkout")
+    others = sorted(set(given or {}) - ABCROWN_OPTIONS)
+    if others:
+        names = [f"bab_{inner}" for inner in (given or {}).get("bab", {})] + [key for key in others if key != "bab"]
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in names)
+        raise MaarError(f"{flags}: settings of the built-in verifier; with --verifier abcrown set them in the "
+                        "α,β-CROWN config (--abcrown-config)")
     from pathlib import Path
 
-    from maar_plugin.verification.abcrown_backend import AbcrownVerifier
+    from maar_plugin.verification.abcrown.backend import AbcrownVerifier
 
     return AbcrownVerifier(Path(checkout), Path(python) if python else Path(sys.executable), config)
 
@@ -121,24 +141,25 @@ def evaluate(run_dir: str, eps: float | None, count: int | None, pgd_steps: int,
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="seconds per instance")
 @click.option("--specs-dir", type=click.Path(file_okay=False),
               help="root of the spec folders (default: vnnlib_specs beside the ONNX file's folder)")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
-              help="device in the α,β-CROWN config")
+@click.option("--abcrown-device", type=click.Choice(["cuda", "cpu"]), default="cuda", show_default=True,
+              help="the device the written α,β-CROWN config asks for")
 @click.option("--force", is_flag=True, help="overwrite an earlier export")
 @click.option("--abcrown-config-only", is_flag=True,
               help="only write instances.csv and abcrown.yaml for an existing ONNX file and spec folder")
 def export(run_dir: str | None, out: str, eps: float | None, count: int | None, selection: str, seed: int,
-           timeout: float, specs_dir: str | None, device: str, force: bool, abcrown_config_only: bool) -> None:
+           timeout: float, specs_dir: str | None, abcrown_device: str, force: bool, abcrown_config_only: bool) -> None:
     """Export a run as ONNX + VNN-LIB robustness specs + instances.csv + α,β-CROWN config."""
     from maar_plugin.export import export_run, write_abcrown_config_only
 
     if abcrown_config_only:
-        paths = write_abcrown_config_only(out, timeout=timeout, force=force, specs_dir=specs_dir, device=device)
+        paths = write_abcrown_config_only(out, timeout=timeout, force=force, specs_dir=specs_dir,
+                                          device=abcrown_device)
         click.echo(f"wrote {paths.spec_dir}/instances.csv and {paths.spec_dir}/abcrown.yaml")
         return
     if run_dir is None or eps is None or count is None:
         raise MaarError("maar export needs RUN_DIR, --eps and --count (or --abcrown-config-only)")
     summary = export_run(run_dir, eps, count, out, selection=selection, seed=seed, timeout=timeout, force=force,
-                         specs_dir=specs_dir, device=device)
+                         specs_dir=specs_dir, device=abcrown_device)
     click.echo(f"ONNX check on {summary.check.images} test images: max |difference| "
                f"onnxruntime {summary.check.onnxruntime:.3g}, onnx2torch {summary.check.onnx2torch:.3g}")
     click.echo(f"wrote {summary.paths.onnx} and {summary.instances} instances in {summary.paths.spec_dir} "
@@ -151,94 +172,88 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--vnnlib", "vnnlib_path", type=click.Path(dir_okay=False), help="VNN-LIB property (with --onnx)")
 @click.option("--instances", "instances_csv", type=click.Path(dir_okay=False),
               help="VNN-COMP instances.csv (onnx,vnnlib,timeout per row, relative to the csv)")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="an existing α,β-CROWN YAML config")
+@click.option("--abcrown-config", "config_file", type=click.Path(dir_okay=False),
+              help="an α,β-CROWN YAML config: its instances and the settings that have an equivalent here")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="results folder (default for batches: results/<csv folder or config name>)")
 @click.option("--resume", is_flag=True, help="skip instances already in the log of --out")
 @click.option("--shard", "shard_text", metavar="K/N",
               help="verify only shard K of N (K = 0..N-1): the instances i with i mod N = K, e.g. one SLURM "
                    "array task; under torchrun each rank takes its shard from RANK/WORLD_SIZE")
-@click.option("--timeout", type=float, help="seconds per instance where the csv gives none  [default: 60]")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="device of the bound stages  [default: cpu]")
-@click.option("--pgd-steps", type=int, help="PGD steps per restart  [default: 50]")
-@click.option("--pgd-restarts", type=int,
-              help="PGD restarts per open disjunct (fewer on large networks)  [default: 10]")
-@click.option("--alpha-iterations", type=int, help="alpha-CROWN optimisation steps  [default: 20]")
-@click.option("--memory-limit", type=float, help="GB a network may need (larger ones are an error)  [default: 4]")
-@click.option("--milp-max-unstable", type=int,
-              help="the MILP decides instances with at most this many unstable ReLUs, branch and bound the others  "
-                   "[default: 16]")
-@click.option("--retry-open", type=float, metavar="SECONDS",
-              help="verify instances left open (timeout, unknown) again with this timeout; with --resume also "
-                   "those of the earlier run")
+@retry_open_option
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@dataclass_flags(VerifyOptions)
 @verifier_options
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
            out_dir: str | None, resume: bool, shard_text: str | None, retry_open: float | None, no_progress: bool,
            verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
-    """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, then branch and bound (or the
-    LP and an exact MILP on small networks), or with α,β-CROWN (--verifier abcrown). A single instance whose
-    verdict is `error` exits with status 1."""
+    """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, then branch and bound, or
+    with α,β-CROWN (--verifier abcrown). Exits with status 1 when an instance's verdict is `error`."""
     import tempfile
     from dataclasses import replace
     from pathlib import Path
 
-    from maar_plugin.verification import (Instance, VerifyOptions, instance_table, merge_summaries, parse_shard,
-                                          rank_device, read_abcrown_config, read_instances_csv, read_log,
-                                          shard_from_env, stage_table, verify_instance, verify_instances,
-                                          wait_for_all_ranks)
+    from maar_plugin.verification import (
+        Instance,
+        instance_table,
+        merge_summaries,
+        parse_shard,
+        rank_device,
+        read_abcrown_config,
+        read_instances_csv,
+        read_log,
+        shard_from_env,
+        stage_table,
+        verify_instances,
+        wait_for_all_ranks,
+    )
 
     sources = sum([bool(onnx_path or vnnlib_path), bool(instances_csv), bool(config_file)])
     if sources != 1 or bool(onnx_path) != bool(vnnlib_path):
-        raise MaarError("give exactly one of: --onnx with --vnnlib, --instances CSV, --config YAML")
+        raise MaarError("give exactly one of: --onnx with --vnnlib, --instances CSV, --abcrown-config YAML")
     rank_shard = shard_from_env()
     if shard_text and onnx_path:
-        raise MaarError("--shard splits a batch of instances: give --instances or --config")
+        raise MaarError("--shard splits a batch of instances: give --instances or --abcrown-config")
     if shard_text and rank_shard:
         raise MaarError(f"--shard {shard_text} under torchrun (RANK/WORLD_SIZE set), which picks the shard itself: "
                         "give one of them")
     shard = parse_shard(shard_text) if shard_text else rank_shard
-    cascade_flags = [f"--{key.replace('_', '-')}" for key in _CASCADE_FLAGS if flags.get(key) is not None]
-    if verifier_name == "abcrown" and cascade_flags:
-        raise MaarError(f"{', '.join(cascade_flags)}: settings of our cascade; with --verifier abcrown set them in "
-                        "the α,β-CROWN config (--config)")
-    options = VerifyOptions()
+    given = given_options(VerifyOptions, flags)
     job = read_abcrown_config(config_file) if config_file else None
-    verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python, job.document if job else None)
+    verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python, given, job.document if job else None)
     if job:
         for note in job.notes:
             click.echo(f"note: {note}", err=True)
         if job.ignored_keys and verifier is None:  # α,β-CROWN itself honours them all
             click.echo(f"warning: ignoring α,β-CROWN keys with no equivalent here: {', '.join(job.ignored_keys)}",
                        err=True)
-        options = replace(options, **job.options)
         instances, default_out = job.instances, Path("results") / Path(config_file).stem
     elif instances_csv:
         instances = read_instances_csv(instances_csv)
         default_out = Path("results") / Path(instances_csv).resolve().parent.name
     else:
         instances, default_out = [Instance(Path(onnx_path), Path(vnnlib_path))], None
-    if flags.get("memory_limit") is not None:
-        flags["memory_limit"] = flags["memory_limit"] * 1e9
-    options = replace(options, **{key: value for key, value in flags.items() if value is not None})
-    if default_out is None and out_dir is None:
-        if verifier is None:
-            result = verify_instance(onnx_path, vnnlib_path, options=options)
-        else:
-            with tempfile.TemporaryDirectory(prefix="maar-abcrown-") as scratch:
-                (result,) = verify_instances(instances, scratch, options=options, progress=False, verifier=verifier)
-        click.echo(instance_table([result]))
-        if result.verdict == "sat":
-            click.echo(result.vnncomp_text(), nl=False)
-        if result.verdict == "error":
-            raise MaarError(result.message)
-        return
+    options = with_given(with_given(VerifyOptions(), job.options if job else {}), given)
+    if "timeout" in given:      # --timeout overrides the instances' own
+        instances = [replace(instance, timeout=None) for instance in instances]
+    single = default_out is None
     out = Path(out_dir) if out_dir else default_out
     if rank_shard:
         options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
-    progress = not no_progress and not (rank_shard and rank_shard.index > 0)
-    results = verify_instances(instances, out, resume=resume, options=options, progress=progress, shard=shard,
-                               verifier=verifier, retry_open=retry_open)
+    progress = not no_progress and not single and not (rank_shard and rank_shard.index > 0)
+    with tempfile.TemporaryDirectory(prefix="maar-verify-") as scratch:
+        results = verify_instances(instances, out or scratch, resume=resume, options=options, progress=progress,
+                                   shard=shard, verifier=verifier, retry_open=retry_open)
+    if single:
+        (result,) = results
+        click.echo(instance_table([result]))
+        if result.verdict == "sat":
+            click.echo(result.vnncomp_text(), nl=False)
+        if out_dir:
+            click.echo(f"results in {out} (results/*.txt, log.jsonl, summary.csv)")
+        if result.verdict == "error":
+            raise MaarError(result.message)
+        return
     if rank_shard and wait_for_all_ranks():  # torchrun: rank 0 alone merges the shards and prints
         if rank_shard.index == 0:
             merge_summaries(out)
@@ -293,9 +308,9 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
 
 
 @cli.command("reproduce")
-@click.argument("setting")
+@click.argument("setting", required=False)
 @click.option("--model", default="dm-small", show_default=True, help="model; the recipe is SETTING-MODEL (`maar recipes`)")
-@click.option("--recipe", "recipe_name", help="a recipe name or .yaml file instead of SETTING-MODEL")
+@click.option("--recipe", "recipe_name", help="a recipe name or .yaml file instead of SETTING and --model")
 @click.option("--objectives", default="natural,pgd,ibp,crown-ibp,maar-ibp,maar-crown-ibp", show_default=True,
               help="comma-separated rows, each an objective with optional :KEY=VALUE hyperparameters, "
                    "e.g. maar-ibp:lam=0,maar-ibp:lam=1:weighting=soft")
@@ -306,24 +321,29 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="runs trained side by side, and shard processes per certification (processes)")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
-              help="training device")
+              help="where training and verification run (auto: cuda when there is one)")
 @click.option("--retry-open", type=float, metavar="SECONDS",
-              help="verify instances left open again with this timeout (0: not again)  [default: the recipe's "
-                   "certify_retry_timeout]")
+              help="verify instances left open again with this timeout (0: no second pass)  [default: the "
+                   "recipe's certify_retry_timeout]")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
+@dataclass_flags(VerifyOptions, exclude=REPRODUCE_OWN_OPTIONS)
 @verifier_options
-def reproduce_command(setting: str, model: str, recipe_name: str | None, objectives: str, seeds: str, out_dir: str,
-                      scale: str, jobs: int, device: str, retry_open: float | None, no_progress: bool,
-                      verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None) -> None:
+def reproduce_command(setting: str | None, model: str, recipe_name: str | None, objectives: str, seeds: str,
+                      out_dir: str, scale: str, jobs: int, device: str, retry_open: float | None, no_progress: bool,
+                      verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
     """Train every objective × seed of a recipe, evaluate each run, verify it completely; resumable.
 
-    SETTING is e.g. mnist-eps0.3; `maar report OUT` then prints the table."""
+    SETTING is e.g. mnist-eps0.3 (or give --recipe); `maar report OUT` then prints the table."""
     from maar_plugin.reproduce import markdown_report, parse_rows, parse_seeds, reproduce
 
+    if bool(setting) == bool(recipe_name):
+        raise MaarError("give SETTING (e.g. mnist-eps0.3, with --model) or --recipe, not both")
     rows = [row.label for row in parse_rows(objectives)]
+    given = given_options(VerifyOptions, flags, exclude=REPRODUCE_OWN_OPTIONS)
+    options = with_given(VerifyOptions(device=device), given)
     reproduce(recipe_name or f"{setting}-{model}", rows, parse_seeds(seeds), out_dir, scale=scale, jobs=jobs,
-              device=device, progress=not no_progress, log=click.echo,
-              verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python), retry_open=retry_open)
+              device=device, progress=not no_progress, log=click.echo, options=options,
+              verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python, given), retry_open=retry_open)
     click.echo(markdown_report(out_dir), nl=False)
 
 
@@ -378,27 +398,29 @@ def objectives_command() -> None:
 @click.option("--eps", type=float, required=True, help="L-inf radius in [0,1] pixel space")
 @click.option("--count", type=int, default=100, show_default=True, help="first N test images")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="results folder")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="seconds per instance")
 @click.option("--dataset", help="dataset of an ONNX source (a run knows its own)")
 @click.option("--data-dir", help="folder with the dataset's standard files")
 @click.option("--resume", is_flag=True, help="continue an interrupted certification in --out")
 @click.option("--jobs", type=int, default=1, show_default=True,
               help="verify in N local processes, one shard of the instances each")
-@click.option("--retry-open", type=float, metavar="SECONDS",
-              help="verify instances left open (timeout, unknown) again with this timeout; with --resume also "
-                   "those of the earlier certification")
+@retry_open_option
 @click.option("--no-progress", is_flag=True, help="no progress bar")
+@dataclass_flags(VerifyOptions)
 @verifier_options
-def certify(source: str, eps: float, count: int, out_dir: str, timeout: float, dataset: str | None,
-            data_dir: str | None, resume: bool, jobs: int, retry_open: float | None, no_progress: bool,
-            verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None) -> None:
+def certify(source: str, eps: float, count: int, out_dir: str, dataset: str | None, data_dir: str | None,
+            resume: bool, jobs: int, retry_open: float | None, no_progress: bool, verifier_name: str,
+            abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
     """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
     complete-certified accuracy side by side (with --verifier abcrown: complete-certified only)."""
-    from maar_plugin.certify import accuracy_table, certify as run_certify
+    from maar_plugin.certify import accuracy_table
+    from maar_plugin.certify import certify as run_certify
 
-    accuracy = run_certify(source, eps, count, out_dir, timeout=timeout, dataset=dataset, data_dir=data_dir,
-                           resume=resume, progress=not no_progress, jobs=jobs, retry_open=retry_open,
-                           verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python))
+    given = given_options(VerifyOptions, flags)
+    options = with_given(VerifyOptions(), given)
+    accuracy = run_certify(source, eps, count, out_dir, timeout=options.timeout, dataset=dataset, data_dir=data_dir,
+                           resume=resume, options=options, progress=not no_progress, jobs=jobs,
+                           retry_open=retry_open,
+                           verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python, given))
     click.echo(accuracy_table([accuracy]))
 
 
@@ -418,9 +440,6 @@ def demo(out_dir: str, count: int, timeout: float, no_progress: bool) -> None:
                f"{history[-1]['eval_crown_count']}):\n  " + format_epoch(history[-1], len(history)))
     click.echo(f"\ncomplete verification of the first {accuracy.count} test images:")
     click.echo(accuracy_table([accuracy]))
-
-
-_CASCADE_FLAGS = ("pgd_steps", "pgd_restarts", "alpha_iterations", "memory_limit", "milp_max_unstable")
 
 
 def main() -> None:

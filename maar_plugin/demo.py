@@ -2,8 +2,8 @@
 it, verify it completely, print the table. Resumable: rerunning continues where it stopped."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from maar_plugin.certify import CertifiedAccuracy, certify
 from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint

@@ -17,14 +17,13 @@ import yaml
 from click.testing import CliRunner
 from torch import nn
 
-from conftest import write_tiny_benchmark
-import maar_plugin  # noqa: F401
+from helpers import write_tiny_benchmark
 from maar_plugin.cli import cli
 from maar_plugin.errors import MaarError
 from maar_plugin.verification import read_log, verify_instances
-from maar_plugin.verification.abcrown_backend import AbcrownVerifier, run_config
-from maar_plugin.verification.abcrown_output import Banner, Outcome, parse_assignment, parse_line, verdict_of
-from maar_plugin.verification.batch import Instance
+from maar_plugin.verification.abcrown.backend import AbcrownVerifier, run_config
+from maar_plugin.verification.abcrown.output import Banner, Outcome, parse_assignment, parse_line, verdict_of
+from maar_plugin.verification.run.batch import Instance
 
 # Lines as α,β-CROWN 8250d5f prints them (abcrown.py main loop, utils.Logger.summarize_results).
 BANNER = f"\n {'%' * 35} idx: 3, vnnlib ID: 3 {'%' * 35}\n"

@@ -6,27 +6,19 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-import maar_plugin  # noqa: F401
-from benchmarks.bab_near_ties import milp_verdict
+from helpers import residual_conv_graph
 from maar_plugin.errors import MaarError
-from maar_plugin.verification.bab import BabOptions, BabProblem, BranchAndBound, _Domains
-from maar_plugin.verification.branching import BRANCHING_STRATEGIES
-from maar_plugin.verification.graph import Add, GraphNode, LayerGraph, Reshape
-from maar_plugin.verification.network import AffineLayer, ReluNetwork
-from maar_plugin.verification.split_bounds import SplitBoundEngine
+from maar_plugin.testing.dense import AffineLayer, ReluNetwork
+from maar_plugin.testing.milp import milp_verdict
+from maar_plugin.testing.problems import branch_and_bound
+from maar_plugin.verification.bounding.linear import SplitBoundEngine
+from maar_plugin.verification.memory import MemoryBudget
+from maar_plugin.verification.options import BRANCHING_NAMES, BabOptions
+from maar_plugin.verification.search.bab import BabProblem, BranchAndBound, _Domains
+from maar_plugin.verification.search.branching import BRANCHING_STRATEGIES
 
-
-def residual_conv_graph(seed: int) -> LayerGraph:
-    torch.manual_seed(seed)
-    nodes = [GraphNode("x", (), (1, 6, 6), None), GraphNode("c1", (0,), (3, 6, 6), 0), GraphNode("r1", (1,), (3, 6, 6), 1),
-             GraphNode("c2", (2,), (3, 6, 6), 2), GraphNode("add", (3, 1), (3, 6, 6), 3), GraphNode("r2", (4,), (3, 6, 6), 4),
-             GraphNode("pool", (5,), (3, 3, 3), 5), GraphNode("flat", (6,), (27,), 6), GraphNode("fc", (7,), (8,), 7),
-             GraphNode("r3", (8,), (8,), 8), GraphNode("out", (9,), (3,), 9)]
-    layers = [nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=1, padding=1), Add(), nn.ReLU(),
-              nn.AvgPool2d(2), Reshape((27,)), nn.Linear(27, 8), nn.ReLU(), nn.Linear(8, 3)]
-    return LayerGraph(nodes, layers, (1, 1, 6, 6)).eval()
+MEMORY = MemoryBudget(4e9)
 
 
 def test_bounds_and_intermediate_bounds_contain_sampled_values():
@@ -75,23 +67,7 @@ def test_verdicts_equal_the_milp_reference(branching, seeds=range(0, 30)):
     for seed in seeds:
         network, lower, upper, C, d = random_problem(seed)
         expected = milp_verdict(network, lower, upper, C, d)
-        engine = SplitBoundEngine(network.to_graph())
-        box_lower = torch.tensor(lower, dtype=torch.float32)
-        box_upper = torch.tensor(upper, dtype=torch.float32)
-        root = engine.intermediate_bounds(box_lower[None], box_upper[None])
-        problem = BabProblem(torch.tensor(C, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
-                             torch.full(d.shape, 1e-5), box_lower, box_upper,
-                             {relu: (low[0], up[0]) for relu, (low, up) in root.items()})
-
-        def confirm(points):
-            for point in points:
-                y = network.forward(point.double().numpy()[None])[0]
-                if any(np.all(C[k] @ y <= d[k]) for k in range(len(C))):
-                    return point
-            return None
-
-        import time
-        outcome = BranchAndBound(engine, problem, BabOptions(branching=branching), confirm).run(time.monotonic() + 30)
+        _, outcome = branch_and_bound(network, lower, upper, C, d, BabOptions(branching=branching), timeout=30)
         if outcome.status == "counterexample":
             y = network.forward(outcome.point.double().numpy()[None])[0]
             assert any(np.all(C[k] @ y <= d[k]) for k in range(len(C))), seed
@@ -118,7 +94,7 @@ def test_fsb_splits_an_unsplit_relu_whose_worse_child_beats_the_intercept_choice
     C = torch.stack([torch.eye(3)[label] - torch.eye(3)[j] for j in range(3) if j != label])[:, None]   # [2, 1, 3]
     problem = BabProblem(C, torch.full((2, 1), 10.0), torch.full((2, 1), 1e-5), lower, upper,   # never refuted
                          {relu: (low[0], up[0]) for relu, (low, up) in root.items()})
-    search = BranchAndBound(engine, problem, BabOptions(branching="fsb"), lambda points: None)
+    search = BranchAndBound(engine, problem, BabOptions(branching="fsb"), MEMORY, lambda points: None)
     assert search.num_unstable >= 10
     count = 40
     signs = torch.where(torch.rand(count, search.num_unstable) < 0.3,
@@ -146,6 +122,10 @@ def test_fsb_splits_an_unsplit_relu_whose_worse_child_beats_the_intercept_choice
     assert int(compared.sum()) >= len(kept) // 2
     assert bool((worse[compared, 0] >= worse[compared, 1] - 1e-5).all())
     assert bool((fsb != intercept).any())      # FSB's choice differs somewhere, so the comparison has teeth
+
+
+def test_the_options_name_every_branching_strategy():
+    assert tuple(BRANCHING_STRATEGIES) == BRANCHING_NAMES
 
 
 def test_unknown_branching_strategy_is_a_one_line_error():

@@ -10,8 +10,8 @@ from maar_plugin.cli import cli
 from maar_plugin.data import load_dataset
 from maar_plugin.errors import MaarError
 from maar_plugin.training.config import build_config
-from maar_plugin.training.run_files import load_trained_model, training_state
 from maar_plugin.training.loop import train
+from maar_plugin.training.run_files import load_trained_model, training_state
 
 COUNT = 6
 EPS = 0.005  # small enough for the bound stages to prove most of these instances quickly

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import pythonpath_with
 from maar_plugin.training.checkpoint import load_checkpoint
 from maar_plugin.training.config import build_config
 from maar_plugin.training.distributed import Ranks, batch_share
 from maar_plugin.training.loop import train
-from tests.test_sharded_verification import pythonpath_with
 
 ROOT = Path(__file__).resolve().parents[1]
 # 197 images in batches of 64: three full batches and one of 5, split 3 + 2 over two ranks.

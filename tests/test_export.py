@@ -225,7 +225,7 @@ def test_cli_export(exported, tmp_path):
     _, run_dir, _ = exported
     runner = CliRunner()
     result = runner.invoke(cli, ["export", str(run_dir), "--eps", "0.05", "--count", "2",
-                                 "--out", str(tmp_path / "models" / "cli"), "--device", "cpu"])
+                                 "--out", str(tmp_path / "models" / "cli"), "--abcrown-device", "cpu"])
     assert result.exit_code == 0, result.output
     assert "ONNX check on 2 test images" in result.output
     assert (tmp_path / "vnnlib_specs" / "cli" / "abcrown.yaml").exists()

@@ -10,10 +10,10 @@ import torch
 from packaging.version import Version
 from torch import nn
 
-from maar_plugin import lirpa_compat
-from maar_plugin.lirpa_compat import KNOWN_VERSIONS_TEXT
 from maar_plugin.attacks import pgd_maximize
+from maar_plugin.bounds import lirpa_compat
 from maar_plugin.bounds.lirpa import METHODS, LirpaBounds
+from maar_plugin.bounds.lirpa_compat import INSTALL_ADVICE, KNOWN_VERSIONS_TEXT
 from maar_plugin.bounds.specs import margin_spec
 
 TOLERANCE = 1e-5
@@ -49,9 +49,9 @@ def _spec_values(model: nn.Module, points: torch.Tensor, spec: torch.Tensor) -> 
 def _pgd_extremes(model: nn.Module, lower, upper, spec, sign: float) -> torch.Tensor:
     """Per row, the value sign·(spec row @ logits) reached by PGD maximising it: [B, S]. Rows ride the batch."""
     batch, rows = spec.shape[:2]
-    repeat = lambda box: box.repeat_interleave(rows, dim=0)  # noqa: E731
+    repeat = lambda box: box.repeat_interleave(rows, dim=0)
     flat_spec = spec.reshape(batch * rows, -1)
-    objective = lambda logits: sign * (logits * flat_spec).sum(1)  # noqa: E731
+    objective = lambda logits: sign * (logits * flat_spec).sum(1)
     best = pgd_maximize(model, repeat(lower), repeat(upper), objective, steps=20, restarts=2)
     with torch.no_grad():
         return (model(best) * flat_spec).sum(1).view(batch, rows)
@@ -110,10 +110,15 @@ def test_needs_patches_only_for_the_old_pypi_line():
     assert not lirpa_compat.needs_patches(None)
 
 
-def test_clamp_probe_matches_torch():
-    slope = torch.tensor([0.0, 1.0], requires_grad=True)
-    slope.clamp(0, 1).sum().backward()
-    assert lirpa_compat.clamp_stops_gradient_at_bounds() == bool((slope.grad == 0).all())
+@pytest.mark.parametrize("passes_at_bounds", [True, False])
+def test_clamp_probe_tells_a_clamp_that_stops_gradients_at_bounds_from_one_that_passes_them(monkeypatch,
+                                                                                            passes_at_bounds):
+    def clamp(value, min=None, max=None):
+        inside = (value >= min) & (value <= max) if passes_at_bounds else (value > min) & (value < max)
+        return value.detach().clamp(min, max) + (value - value.detach()) * inside
+
+    monkeypatch.setattr(torch, "clamp", clamp)
+    assert lirpa_compat.clamp_stops_gradient_at_bounds() is (not passes_at_bounds)
 
 
 def test_clamp_passing_gradient_clamps_and_passes_gradient():
@@ -140,7 +145,7 @@ def _python(code: str, path) -> subprocess.CompletedProcess:
 def test_version_is_read_from_the_module_on_the_path_not_the_installed_distribution(tmp_path):
     """A checkout on PYTHONPATH shadows the installed auto_LiRPA: the version is the checkout's."""
     _fake_lirpa(tmp_path, "__version__ = '0.5.0'\n")
-    result = _python("import maar_plugin, auto_LiRPA; from maar_plugin import lirpa_compat; "
+    result = _python("import maar_plugin, auto_LiRPA; from maar_plugin.bounds import lirpa_compat; "
                      "print(lirpa_compat.lirpa_version(), auto_LiRPA.__file__)", tmp_path)
     assert result.returncode == 0, result.stderr
     version, where = result.stdout.split()
@@ -166,16 +171,41 @@ def test_unknown_version_is_one_line_maar_error(tmp_path, init_source, found):
     assert found in last and KNOWN_VERSIONS_TEXT in last
 
 
-@pytest.mark.parametrize("command", [["objectives"], ["verify", "--onnx", "x.onnx", "--vnnlib", "y.vnnlib"]])
-def test_the_maar_command_reports_an_unknown_version_in_one_line(tmp_path, command):
+VERIFY = ["verify", "--onnx", str(REPO / "models" / "mnist-dm-small-maar-eps0.1.onnx"), "--vnnlib",
+          str(REPO / "vnnlib_specs" / "mnist-dm-small-maar-eps0.1" / "img00000_eps0.1.vnnlib")]
+
+
+def test_the_maar_command_reports_an_unknown_version_in_one_line(tmp_path):
     _fake_lirpa(tmp_path, "__version__ = '1.2.0'\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
-    result = subprocess.run([sys.executable, "-m", "maar_plugin", *command], env=env, capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "maar_plugin", *VERIFY], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"Error: auto_LiRPA at {tmp_path / 'auto_LiRPA' / '__init__.py'} has version '1.2.0'; "
         f"maar-plugin works with auto_LiRPA {KNOWN_VERSIONS_TEXT}"]
+
+
+def _maar_without_lirpa(*arguments: str) -> subprocess.CompletedProcess:
+    """The maar command in a fresh interpreter where ``import auto_LiRPA`` finds nothing."""
+    code = ("import sys; sys.modules['auto_LiRPA'] = None; from maar_plugin.cli import main; "
+            f"sys.argv = ['maar', *{list(arguments)!r}]; main()")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_without_auto_lirpa_a_command_that_bounds_says_how_to_install_it():
+    result = _maar_without_lirpa(*VERIFY)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"Error: this needs auto_LiRPA, which is not installed: {INSTALL_ADVICE}"]
+
+
+@pytest.mark.parametrize("command", [["objectives"], ["models"], ["recipes"], ["--help"]])
+def test_commands_that_do_not_bound_work_without_auto_lirpa(command):
+    result = _maar_without_lirpa(*command)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip()
 
 
 def test_apply_is_idempotent():

@@ -7,15 +7,14 @@ import textwrap
 import onnx
 import pytest
 import torch
+from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from torch import nn
 
 import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
-from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from maar_plugin.bounds.lirpa import LirpaBounds, split_leading_normalize
 from maar_plugin.data import dataset_info
 from maar_plugin.errors import MaarError
-from maar_plugin.models import Normalize, create_model, list_models, model_descriptions, register_model
-from maar_plugin.models import registry
+from maar_plugin.models import Normalize, create_model, list_models, model_descriptions, register_model, registry
 
 BUILT_IN = ["cnn7", "dm-large", "dm-medium", "dm-small", "mlp-256x2"]
 DATASETS = ["mnist", "cifar10"]

@@ -8,12 +8,11 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from torch import nn
 
-import maar_plugin  # noqa: F401
-from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from maar_plugin.errors import MaarError
-from maar_plugin.verification.onnx_graph import load_onnx_graph
+from maar_plugin.verification.network.onnx_import import load_onnx_graph
 
 
 def export(model: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:

@@ -9,15 +9,24 @@ import torch
 from click.testing import CliRunner
 
 from maar_plugin.cli import cli
+from maar_plugin.data import load_dataset
 from maar_plugin.errors import MaarError
-from maar_plugin.reproduce import (collect_results, markdown_report, paired_effects, parse_row, parse_rows,
-                                   parse_seeds, read_plan, reproduce, summary_rows)
+from maar_plugin.reproduce import (
+    collect_results,
+    markdown_report,
+    paired_effects,
+    parse_row,
+    parse_rows,
+    parse_seeds,
+    read_plan,
+    reproduce,
+    summary_rows,
+)
+from maar_plugin.reproduce.run import run_config
 from maar_plugin.reproduce.table import maar_base, statistic, table_order
 from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from maar_plugin.training.loop import train
-from maar_plugin.data import load_dataset
 from maar_plugin.training.recipe import load_recipe
-from maar_plugin.reproduce.run import run_config
 
 TINY_RECIPE = """\
 setting: tiny

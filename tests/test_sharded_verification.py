@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import write_tiny_benchmark
+from helpers import pythonpath_with, write_tiny_benchmark
 from maar_plugin.cli import cli
 from maar_plugin.errors import MaarError
 from maar_plugin.verification import Shard, parse_shard, rank_device, read_log, shard_from_env
@@ -21,10 +21,6 @@ FAST_FLAGS = ["--pgd-steps", "5", "--pgd-restarts", "1", "--alpha-iterations", "
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pythonpath_with(root: Path) -> str:
-    """PYTHONPATH for a child process: ``root`` first, then the caller's (``make test-lirpa`` puts the
-    auto_LiRPA checkout there)."""
-    return os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
 VERDICT_COLUMNS = ("instance", "onnx", "vnnlib", "verdict", "stage", "unstable_relus")
 
 

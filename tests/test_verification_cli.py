@@ -8,11 +8,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import write_tiny_benchmark
-import maar_plugin  # noqa: F401
+from helpers import write_tiny_benchmark
 from maar_plugin.cli import cli
+from maar_plugin.cli_options import with_given
 from maar_plugin.errors import MaarError
-from maar_plugin.verification import read_abcrown_config, read_log
+from maar_plugin.verification import VerifyOptions, read_abcrown_config, read_log
 
 FAST_FLAGS = ["--pgd-steps", "5", "--pgd-restarts", "1", "--alpha-iterations", "3", "--no-progress"]
 
@@ -90,25 +90,39 @@ def test_abcrown_config_maps_keys_and_warns(benchmark, tmp_path):
         "general": {"root_path": "${CONFIG_PATH}/specs", "csv_name": "instances.csv", "device": "cpu",
                     "complete_verifier": "bab"},
         "solver": {"batch_size": 64, "alpha-crown": {"iteration": 3}},
-        "bab": {"timeout": 7, "branching": {"method": "kfsb"}},
+        "bab": {"timeout": 7, "branching": {"method": "kfsb", "reduceop": "max"}},
         "attack": {"pgd_restarts": 1},
         "specification": {"epsilon": 0.1},
     }))
     job = read_abcrown_config(config)
     assert len(job.instances) == 2 and job.instances[0].onnx.resolve() == (tmp_path / "models" / "net.onnx").resolve()
-    assert job.options == {"timeout": 7, "device": "cpu", "alpha_iterations": 3, "pgd_restarts": 1}
-    assert job.ignored_keys == ["bab.branching.method", "solver.batch_size", "specification.epsilon"]
-    result = CliRunner().invoke(cli, ["verify", "--config", str(config), "--out", str(tmp_path / "out"),
+    assert job.options == {"timeout": 7, "device": "cpu", "alpha_iterations": 3, "pgd_restarts": 1,
+                           "bab": {"batch_size": 64, "branching": "fsb"}}
+    assert job.ignored_keys == ["bab.branching.reduceop", "specification.epsilon"]
+    options = with_given(VerifyOptions(), job.options)
+    assert (options.timeout, options.alpha_iterations, options.bab.batch_size, options.bab.branching) == (7, 3, 64, "fsb")
+    result = CliRunner().invoke(cli, ["verify", "--abcrown-config", str(config), "--out", str(tmp_path / "out"),
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "ignoring" in result.output and "bab.branching.method" in result.output
+    assert "ignoring" in result.output and "bab.branching.reduceop" in result.output
     assert sorted(r.verdict for r in read_log(tmp_path / "out")) == ["sat", "unsat"]
+
+
+@pytest.mark.parametrize("method, expected", [("babsr", "babsr"), ("fsb", "fsb"), ("kfsb", "fsb"),
+                                              ("nonlinear", "intercept")])
+def test_abcrown_branching_methods_map_to_ours_or_to_a_note(tmp_path, method, expected):
+    config = tmp_path / "branching.yaml"
+    config.write_text(yaml.safe_dump({"model": {"onnx_path": "net.onnx"}, "specification": {"vnnlib_path": "p.vnnlib"},
+                                      "bab": {"branching": {"method": method}}}))
+    job = read_abcrown_config(config)
+    assert with_given(VerifyOptions(), job.options).bab.branching == expected
+    assert bool(job.notes) == (method == "nonlinear")
 
 
 def test_abcrown_customized_entries_are_refused(tmp_path):
     config = tmp_path / "custom.yaml"
     config.write_text("model:\n  name: Customized(\"custom_model_data\", \"mnist_6_100\")\n")
-    result = CliRunner().invoke(cli, ["verify", "--config", str(config)])
+    result = CliRunner().invoke(cli, ["verify", "--abcrown-config", str(config)])
     assert result.exit_code == 1
     assert "Customized" in result.output and len(result.output.strip().splitlines()) == 1
 
@@ -120,9 +134,9 @@ def test_certified_by_counts_cumulatively():
         return InstanceResult("i", "n.onnx", "p.vnnlib", verdict, stage)
 
     results = [result("unsat", "IBP"), result("unsat", "CROWN"), result("unsat", "alpha-CROWN"),
-               result("unsat", "MILP"), result("sat", "pgd"), result("timeout", None)]
-    stages = ("centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "LP", "MILP")
-    assert [certified_by(results, stage) for stage in stages] == [0, 1, 1, 2, 3, 3, 4]
+               result("unsat", "BaB"), result("sat", "pgd"), result("timeout", None), result("unsat", "MILP")]
+    stages = ("centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "BaB", "MILP")   # MILP: logs of earlier versions
+    assert [certified_by(results, stage) for stage in stages] == [0, 1, 1, 2, 3, 4, 5]
 
 
 def test_abcrown_config_selects_csv_rows_with_data_start_and_end(benchmark, tmp_path):

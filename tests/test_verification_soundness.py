@@ -8,65 +8,34 @@ from __future__ import annotations
 
 import itertools
 import time
-from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
+from scipy import sparse
 from scipy.optimize import Bounds as ScipyBounds
 from scipy.optimize import LinearConstraint, linprog, milp
 from torch import nn
 
-import maar_plugin  # noqa: F401
-from maar_plugin.verification import ModelCache, VerifyOptions, load_onnx_network, verify_instance
-from maar_plugin.verification.bounds import LirpaBoundStages, interval_preactivation_bounds
-from maar_plugin.verification.cascade import Cascade
-from maar_plugin.verification.lp_bounds import disjunct_relaxation, safe_lower_bound, solve_relaxation
-from maar_plugin.verification.milp import solve_disjunct
-from maar_plugin.verification.network import AffineLayer, ReluNetwork
+from helpers import FAST, check_counterexample
+from maar_plugin.testing.dense import AffineLayer, ReluNetwork, dense_network, interval_preactivation_bounds
+from maar_plugin.testing.milp import solve_disjunct
+from maar_plugin.testing.problems import export_onnx as export
+from maar_plugin.testing.problems import mlp, write_vnnlib
+from maar_plugin.verification import ModelCache, VerifyOptions, load_onnx_graph, verify_instance
+from maar_plugin.verification.bounding.lirpa_stages import LirpaBoundStages
+from maar_plugin.verification.bounding.lp import LinearRelaxation, safe_lower_bound, solve_relaxation
+from maar_plugin.verification.run.cascade import Cascade
 from maar_plugin.vnnlib.reader import read_vnnlib_cases
 
-FAST = VerifyOptions(timeout=30, pgd_steps=10, pgd_restarts=2, alpha_iterations=5)
 CLEAR = 1e-4  # reference margins beyond this must be decided exactly (above the 1e-5·(1+|d|) tolerance)
 
 
 # ---------------------------------------------------------------- fixtures: networks, properties
 
 def random_network(seed: int, inputs: int, hidden: tuple[int, ...], outputs: int) -> nn.Sequential:
-    torch.manual_seed(seed)
-    sizes = (inputs, *hidden, outputs)
-    layers: list[nn.Module] = []
-    for index, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(a, b))
-        if index < len(sizes) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers).eval()
-
-
-def export(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
-    torch.onnx.export(model, torch.zeros(input_shape), str(path), input_names=["input"], output_names=["output"],
-                      dynamo=False)
-    return path
-
-
-def write_vnnlib(path: Path, lower: np.ndarray, upper: np.ndarray, outputs: int,
-                 disjuncts: list[tuple[np.ndarray, np.ndarray]]) -> Path:
-    """A VNN-LIB file: the box, then (or (and rows...)...) with rows ``C y <= d`` written as sums."""
-    lines = [f"(declare-const X_{i} Real)" for i in range(len(lower))]
-    lines += [f"(declare-const Y_{j} Real)" for j in range(outputs)]
-    for i, (lo, up) in enumerate(zip(lower, upper)):
-        lines += [f"(assert (>= X_{i} {float(lo)!r}))", f"(assert (<= X_{i} {float(up)!r}))"]
-    conjunctions = []
-    for C, d in disjuncts:
-        rows = []
-        for coefficients, bound in zip(C, d):
-            terms = " ".join(f"(* {float(c)!r} Y_{j})" for j, c in enumerate(coefficients) if c != 0)
-            rows.append(f"(<= (+ {terms} 0.0) {float(bound)!r})")
-        conjunctions.append("(and " + " ".join(rows) + ")")
-    lines.append("(assert (or " + " ".join(conjunctions) + "))")
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return mlp(seed, (inputs, *hidden, outputs))
 
 
 # ---------------------------------------------------------------- exact references (independent code)
@@ -165,23 +134,6 @@ def reference_verdict(mins: list[float]) -> str:
     return "ambiguous"
 
 
-def check_counterexample(result, onnx_path: Path, lower, upper, disjuncts) -> None:
-    """Parse the VNN-COMP text, run X through onnxruntime, and check it lies in the box and an unsafe region."""
-    text = result.vnncomp_text()
-    assert text.startswith("sat\n(")
-    values = {}
-    for line in text.splitlines()[1:]:
-        name, value = line.strip(" ()").split()
-        values[name] = float(value)
-    x = np.array([values[f"X_{i}"] for i in range(len(lower))])
-    assert np.all(x >= lower) and np.all(x <= upper)
-    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
-    y = session.run(None, {session.get_inputs()[0].name: x.astype(np.float32).reshape(shape)})[0].reshape(-1)
-    assert any(np.all(C @ y.astype(np.float64) <= d) for C, d in disjuncts)
-    assert np.allclose([values[f"Y_{j}"] for j in range(len(y))], y)
-
-
 # ---------------------------------------------------------------- tests
 
 def random_property(rng: np.random.Generator, model: nn.Sequential, lower, upper, outputs: int):
@@ -256,17 +208,19 @@ def exact_minimum_instance(tmp_path_factory):
     lower, upper = np.full(3, -0.5), np.full(3, 0.5)
     C = np.array([[1.0, -1.0, 0.5]])
     minimum, minimiser = reference_min_enumeration(model, lower, upper, C, np.zeros(1))
-    achieved = float((C @ load_onnx_network(onnx_path).forward(minimiser[None])[0])[0])
+    achieved = float((C @ dense_network(load_onnx_graph(onnx_path)).forward(minimiser[None])[0])[0])
     assert achieved == pytest.approx(minimum, abs=1e-7)
     return onnx_path, lower, upper, C, achieved
 
 
 @pytest.mark.parametrize("margin, allowed", [
-    (-1e-3, {"unsat"}), (-1e-4, {"unsat"}), (-1e-5, {"unsat", "unknown"}), (-1e-7, {"unsat", "unknown", "sat"}),
+    (-1e-3, {"unsat"}), (-1e-4, {"unsat"}), (-1e-5, {"unsat", "unknown"}),
     (1e-7, {"unknown", "sat"}), (1e-5, {"sat"}), (1e-3, {"sat"}),
 ])
 def test_tiny_margins(tmp_path, exact_minimum_instance, margin, allowed):
-    """d = (exact minimum of c·y) + margin: a positive margin is a real violation, never unsat."""
+    """d = (exact minimum of c·y) + margin. A positive margin is a real violation: never unsat, however small
+    (within the float32 tolerance it may stay unknown); a margin of −1e-5 holds exactly but lies within the
+    tolerance (unknown allowed, sat not: no point reaches it); beyond the tolerance the verdict is exact."""
     onnx_path, lower, upper, C, achieved = exact_minimum_instance
     disjuncts = [(C, np.array([achieved + margin]))]
     vnnlib = write_vnnlib(tmp_path / "p.vnnlib", lower, upper, 3, disjuncts)
@@ -292,8 +246,8 @@ def test_degenerate_box_eps_zero(tmp_path, shift, expected):
         check_counterexample(result, onnx_path, point, point, disjuncts)
 
 
-def test_milp_alone_matches_reference_with_loose_and_tight_bounds():
-    """The exact stage by itself (no bound stage can hide an error) on random nets and margins."""
+def test_milp_reference_matches_the_all_binary_reference():
+    """The exact MILP the other tests judge branch and bound by, against this module's independent one."""
     rng = np.random.default_rng(3)
     for seed in range(6):
         model = random_network(200 + seed, 3, (6, 6), 3)
@@ -302,24 +256,20 @@ def test_milp_alone_matches_reference_with_loose_and_tight_bounds():
         upper = lower + rng.uniform(0.05, 0.6, size=3)
         C, d = rng.normal(size=(2, 3)), np.zeros(2)
         minimum = reference_min_all_binary(model, lower, upper, C, d)
-        lirpa = LirpaBoundStages(network.to_graph())
-        lirpa.spec_lower_bounds(lower, upper, C, "CROWN")
-        for bounds in (interval_preactivation_bounds(network, lower, upper),
-                       interval_preactivation_bounds(network, lower, upper, lirpa.preactivation_bounds())):
-            for margin in (-1e-3, 1e-3):
-                outcome = solve_disjunct(network, bounds, lower, upper, C, d + minimum + margin, time_limit=20)
-                if margin < 0:
-                    assert outcome.status == "refuted", (seed, outcome)
-                else:
-                    assert outcome.status == "candidate" and outcome.objective <= 0, (seed, outcome)
-                    assert np.all(outcome.x >= lower - 1e-9) and np.all(outcome.x <= upper + 1e-9)
-                    assert np.all(C @ network.forward(outcome.x[None])[0] <= d + minimum + margin + 1e-6)
+        bounds = interval_preactivation_bounds(network, lower, upper)
+        for margin in (-1e-3, 1e-3):
+            outcome = solve_disjunct(network, bounds, lower, upper, C, d + minimum + margin, time_limit=20)
+            if margin < 0:
+                assert outcome.status == "refuted", (seed, outcome)
+            else:
+                assert outcome.status == "candidate" and outcome.objective <= 0, (seed, outcome)
+                assert np.all(outcome.x >= lower - 1e-9) and np.all(outcome.x <= upper + 1e-9)
+                assert np.all(C @ network.forward(outcome.x[None])[0] <= d + minimum + margin + 1e-6)
 
 
 @pytest.mark.parametrize("method", ["IBP", "CROWN", "alpha-CROWN"])
 def test_bound_stages_contain_sampled_values(method):
     model = random_network(31, 4, (10, 8), 3)
-    from maar_plugin.verification.network import AffineLayer, ReluNetwork
     network = ReluNetwork(tuple(AffineLayer(w, b) for w, b in network_matrices(model)), (1, 4))
     rng = np.random.default_rng(0)
     lower = rng.uniform(-1, 0, size=4)
@@ -354,98 +304,35 @@ def test_disjunction_of_input_boxes(tmp_path, second_box_threshold, expected):
         assert np.all(result.counterexample[0] >= 0.5) and np.all(result.counterexample[0] <= 0.6)
 
 
-def relu_network(model: nn.Sequential, input_shape: tuple[int, ...]) -> ReluNetwork:
-    return ReluNetwork(tuple(AffineLayer(w, b) for w, b in network_matrices(model)), input_shape)
+def random_relaxation(rng: np.random.Generator, rows: int, columns: int) -> LinearRelaxation:
+    """A feasible LP ``min cost·v`` with random sparse rows, both row sides finite or one infinite."""
+    matrix = sparse.random(rows, columns, density=0.5, random_state=rng, data_rvs=rng.standard_normal).tocsr()
+    column_lower, column_upper = -rng.uniform(0.5, 2, columns), rng.uniform(0.5, 2, columns)
+    activity = matrix @ rng.uniform(column_lower, column_upper)          # rows hold at this point: feasible
+    slack = rng.uniform(0.1, 1, rows)
+    row_lower = np.where(rng.uniform(size=rows) < 0.5, activity - slack, -np.inf)
+    row_upper = np.where(np.isfinite(row_lower), activity + slack, activity + slack * 0.1)
+    return LinearRelaxation(matrix, row_lower, row_upper, column_lower, column_upper, rng.normal(size=columns), 2)
 
 
-def sampled_margins(network: ReluNetwork, lower, upper, C, d, rng) -> np.ndarray:
-    """max_r (C_r y - d_r) at random points and the corners of the box."""
-    samples = rng.uniform(lower, upper, size=(2000, lower.size))
-    corners = np.array(list(itertools.product(*zip(lower, upper))))
-    outputs = network.forward(np.concatenate([samples, corners]))
-    return (outputs @ C.T - d).max(axis=1)
-
-
-def test_lp_relaxation_bound_is_sound_and_beats_intervals():
-    """Below the exact minimum (all-binary MILP) and every sampled margin; at least as tight as intervals."""
-    rng = np.random.default_rng(11)
-    for seed in range(8):
-        model = random_network(300 + seed, 3, (6, 5), 3)
-        network = relu_network(model, (1, 3))
-        lower = rng.uniform(-1, 0.5, size=3)
-        upper = lower + rng.uniform(0.1, 0.8, size=3)
-        C, d = rng.normal(size=(int(rng.integers(1, 4)), 3)), rng.normal(size=1) * np.ones(1)
-        d = np.resize(d, C.shape[0])
-        lirpa = LirpaBoundStages(network.to_graph())
-        lirpa.spec_lower_bounds(lower, upper, C, "CROWN")
-        exact = reference_min_all_binary(model, lower, upper, C, d)
-        for bounds in (interval_preactivation_bounds(network, lower, upper),
-                       interval_preactivation_bounds(network, lower, upper, lirpa.preactivation_bounds())):
-            relaxation = disjunct_relaxation(network, bounds, lower, upper, C, d)
-            bound, point = solve_relaxation(relaxation, time_limit=20)
-            assert bound <= exact + 1e-9, (seed, bound, exact)
-            assert np.all(sampled_margins(network, lower, upper, C, d, rng) >= bound - 1e-9)
-            assert bound >= relaxation.column_lower[-1] - 1e-9  # the interval bound of max_r (C_r y - d_r)
-            assert np.all(point >= lower - 1e-9) and np.all(point <= upper + 1e-9)
-
-
-def test_lp_relaxation_is_exact_without_unstable_relus():
-    """On a box so small that every ReLU is stable the relaxation is the network: bound = exact minimum."""
-    model = random_network(17, 4, (8, 6), 3)
-    network = relu_network(model, (1, 4))
-    lower = np.array([0.1, -0.2, 0.3, 0.05])
-    upper = lower + 1e-3
-    bounds = interval_preactivation_bounds(network, lower, upper)
-    assert all(np.all((low >= 0) | (up <= 0)) for low, up in bounds)
-    C, d = np.array([[1.0, -1.0, 0.0], [0.0, 2.0, -1.0]]), np.array([0.2, -0.1])
-    bound, point = solve_relaxation(disjunct_relaxation(network, bounds, lower, upper, C, d), time_limit=20)
-    exact = reference_min_all_binary(model, lower, upper, C, d)
-    assert bound == pytest.approx(exact, abs=1e-7)
-    assert float((C @ network.forward(point[None])[0] - d).max()) == pytest.approx(exact, abs=1e-7)
-
-
-def test_safe_lower_bound_holds_for_any_multipliers():
-    """The bound does not trust the LP solver: random, wrong-signed or scaled duals still give valid bounds."""
+def test_safe_lower_bound_holds_for_any_multipliers_and_is_tight_for_the_solvers():
+    """The bound does not trust the LP solver: random, wrong-signed or scaled multipliers still give bounds
+    below the LP's minimum (checked by scipy), and HiGHS's own duals give the minimum itself."""
     rng = np.random.default_rng(5)
-    model = random_network(23, 3, (5, 4), 2)
-    network = relu_network(model, (1, 3))
-    lower, upper = np.full(3, -0.6), np.full(3, 0.4)
-    C, d = np.array([[1.0, -1.0]]), np.array([0.0])
-    relaxation = disjunct_relaxation(network, interval_preactivation_bounds(network, lower, upper), lower, upper, C, d)
-    exact = reference_min_all_binary(model, lower, upper, C, d)
-    rows = relaxation.matrix.shape[0]
-    for scale in (1e-3, 1.0, 10.0):
-        for _ in range(50):
-            assert safe_lower_bound(relaxation, rng.normal(scale=scale, size=rows)) <= exact + 1e-9
-
-
-def test_lp_stage_alone_refutes_only_empty_disjuncts_and_reports_real_counterexamples(tmp_path):
-    """The LP stage on its own (interval bounds, no earlier stage): every disjunct it refutes has an exact
-    minimum above zero, every counterexample it reports reproduces in onnxruntime."""
-    rng = np.random.default_rng(99)
-    cache = ModelCache()
-    outcomes = {"refuted": 0, "sat": 0}
-    for trial in range(10):
-        model = random_network(400 + trial, 3, (6, 6), 3)
-        onnx_path = export(model, tmp_path / f"net{trial}.onnx", (1, 3))
-        lower = rng.uniform(-1, 0.5, size=3)
-        upper = lower + rng.uniform(0.05, 0.5, size=3)
-        disjuncts = random_property(rng, model, lower, upper, 3)
-        vnnlib = write_vnnlib(tmp_path / f"p{trial}.vnnlib", lower, upper, 3, disjuncts)
-        loaded = cache.get(onnx_path)
-        cascade = Cascade(loaded, read_vnnlib_cases(vnnlib, 3, 3), FAST, deadline=time.monotonic() + 30)
-        cascade.run_stage("LP")
-        (case,) = cascade.cases
-        for index, (C, d) in enumerate(disjuncts):
-            if case.refuted[index]:
-                assert reference_min_all_binary(model, lower, upper, C, d) > 0, (trial, index)
-                outcomes["refuted"] += 1
-        if case.counterexample is not None:
-            x, y = case.counterexample
-            assert np.all(x >= lower) and np.all(x <= upper)
-            assert np.allclose(y, loaded.runtime.outputs(x)) and any(np.all(C @ y <= d) for C, d in disjuncts)
-            outcomes["sat"] += 1
-    assert outcomes["refuted"] >= 3 and outcomes["sat"] >= 2, outcomes
+    for trial in range(5):
+        relaxation = random_relaxation(rng, rows=12, columns=8)
+        dense, lower_finite = relaxation.matrix.toarray(), np.isfinite(relaxation.row_lower)
+        reference = linprog(relaxation.cost, A_ub=np.vstack([dense, -dense[lower_finite]]),
+                            b_ub=np.concatenate([relaxation.row_upper, -relaxation.row_lower[lower_finite]]),
+                            bounds=list(zip(relaxation.column_lower, relaxation.column_upper)), method="highs")
+        assert reference.status == 0, reference.message
+        bound, point = solve_relaxation(relaxation, time_limit=20)
+        assert bound == pytest.approx(reference.fun, abs=1e-6) and bound <= reference.fun + 1e-9
+        assert point is not None and point.shape == (relaxation.num_inputs,)
+        for scale in (1e-3, 1.0, 10.0):
+            for _ in range(50):
+                multipliers = rng.normal(scale=scale, size=relaxation.matrix.shape[0])
+                assert safe_lower_bound(relaxation, multipliers) <= reference.fun + 1e-9, trial
 
 
 def test_pgd_attacks_every_open_disjunct(tmp_path):

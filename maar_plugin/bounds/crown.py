@@ -4,8 +4,8 @@ bounds of an IBP pass: CROWN-IBP (Zhang et al. 2020), as auto_LiRPA's ``compute_
 The linear function ``A @ layer(h) + b`` that lower-bounds ``spec @ model`` is carried back from the
 output to the input box, where it is concretised as ``A·centre − |A|·radius + b``. Affine layers map
 ``A`` exactly (a Conv2d by a transposed convolution); a ReLU with input bounds [l, u] is relaxed as
-auto_LiRPA 0.3 to 0.7 relax it by default ("adaptive"): upper line u⁺/(u⁺ − l⁻)·(z − l⁻), lower line
-z where that slope is > 0.5 and 0 otherwise, each taken by the sign of ``A``. BatchNorm is the affine map
+auto_LiRPA 0.3 to 0.7 relax it by default (:func:`~maar_plugin.bounds.layers.relu_relaxation`), each
+line taken by the sign of ``A``. BatchNorm is the affine map
 the IBP pass used (``IbpTrace``), so both passes bound one function. Gradients reach the parameters
 through ``A``, the biases and the intermediate bounds, by autograd.
 
@@ -15,10 +15,10 @@ multiplication has a slow hand-written backward (``benchmarks/training_speed.py`
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maar_plugin.bounds.ibp import IbpTrace
+from maar_plugin.bounds.layers import conv2d_backward, relu_relaxation
 from maar_plugin.errors import MaarError
 from maar_plugin.models import SUPPORTED_LAYERS
 from maar_plugin.models.normalize import Normalize
@@ -78,14 +78,11 @@ def _supported(layer: nn.Module) -> bool:
 
 def _relu_backward(coefficients: Tensor, bias: Tensor, low: Tensor, high: Tensor) -> tuple[Tensor, Tensor]:
     """Through ReLU over inputs in [low, high] [B, ...], as auto_LiRPA's ``BoundRelu`` (adaptive lower slope)."""
-    low_part = low.clamp(max=0)
-    high_part = torch.max(high.clamp(min=0), low_part + 1e-8)
-    upper_slope = high_part / (high_part - low_part)
-    upper_intercept = -low_part * upper_slope
-    lower_slope = (upper_slope > 0.5).to(upper_slope.dtype)
+    relaxation = relu_relaxation(low, high)
+    lower_slope, upper_slope = relaxation.lower_slope.unsqueeze(1), relaxation.upper_slope.unsqueeze(1)
     negative = coefficients.clamp(max=0)
-    new_coefficients = coefficients * lower_slope.unsqueeze(1) + negative * (upper_slope - lower_slope).unsqueeze(1)
-    intercept = negative.flatten(2).matmul(upper_intercept.flatten(1).unsqueeze(-1)).squeeze(-1)
+    new_coefficients = coefficients * lower_slope + negative * (upper_slope - lower_slope)
+    intercept = negative.flatten(2).matmul(relaxation.upper_intercept.flatten(1).unsqueeze(-1)).squeeze(-1)
     return new_coefficients, bias + intercept
 
 
@@ -94,14 +91,7 @@ def _conv_backward(layer: nn.Conv2d, coefficients: Tensor, bias: Tensor, input_s
     batch, rows = coefficients.shape[:2]
     if layer.bias is not None:
         bias = bias + coefficients.sum((-2, -1)).matmul(layer.bias)
-    output_size = coefficients.shape[-2:]
-    output_padding = tuple(
-        size - ((out - 1) * stride - 2 * padding + dilation * (kernel - 1) + 1)
-        for size, out, stride, padding, dilation, kernel in zip(
-            input_shape[-2:], output_size, layer.stride, layer.padding, layer.dilation, layer.kernel_size))
-    flat = F.conv_transpose2d(coefficients.reshape(batch * rows, *coefficients.shape[2:]), layer.weight,
-                              stride=layer.stride, padding=layer.padding, output_padding=output_padding,
-                              groups=layer.groups, dilation=layer.dilation)
+    flat = conv2d_backward(layer, coefficients.reshape(batch * rows, *coefficients.shape[2:]), input_shape)
     return flat.view(batch, rows, *flat.shape[1:]), bias
 
 

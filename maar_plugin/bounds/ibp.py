@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maar_plugin.bounds.layers import batch_norm_affine
 from maar_plugin.errors import MaarError
 from maar_plugin.models.normalize import Normalize
 
@@ -149,10 +150,4 @@ def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm, reference: Tensor 
         mean, var = reference.mean(dims), reference.var(dims, unbiased=False)
     else:
         mean, var = norm.running_mean, norm.running_var
-    scale = torch.rsqrt(var + norm.eps)
-    if norm.weight is not None:
-        scale = scale * norm.weight
-    shift = -mean * scale
-    if norm.bias is not None:
-        shift = shift + norm.bias
-    return scale, shift
+    return batch_norm_affine(mean, var, norm.eps, norm.weight, norm.bias)

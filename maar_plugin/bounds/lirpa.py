@@ -1,11 +1,16 @@
-"""A small wrapper around auto_LiRPA's ``BoundedModule``: bounds of ``spec @ model(x)`` over an input box.
+"""The one gateway to auto_LiRPA, for training and verification alike.
 
-The ``BoundedModule`` is built once and shares the model's parameters, so bounds are differentiable
-with respect to them (certified training back-propagates through them). It follows the model's
-train/eval mode on every call: with BatchNorm in train mode the batch statistics of the box centres
-are used, as in the clean forward pass; in eval mode the model's current running statistics are
-copied in first (the ``BoundedModule`` keeps its own copies of buffers). Each call runs one forward
-pass of the box centres before bounding, as auto_LiRPA's own training examples do.
+Importing this module applies the compatibility patches (:mod:`~maar_plugin.bounds.lirpa_compat`) and
+then imports auto_LiRPA; nothing else in the package imports auto_LiRPA. No auto_LiRPA, or one of a
+version the plugin does not know, is a one-line :class:`~maar_plugin.errors.MaarError` saying how to
+install one. ``METHODS`` names the bound methods in the field's words and maps them to auto_LiRPA's.
+
+:class:`LirpaBounds` wraps one ``BoundedModule`` built once per model. It shares the model's parameters,
+so bounds are differentiable with respect to them (certified training back-propagates through them),
+and follows the model's train/eval mode on every call: with BatchNorm in train mode the batch
+statistics of the box centres are used, as in the clean forward pass; in eval mode the model's current
+running statistics are copied in first (the ``BoundedModule`` keeps its own copies of buffers). Each call
+runs one forward pass of the box centres before bounding, as auto_LiRPA's own training examples do.
 
 A leading ``Normalize`` stays out of the bounded graph: its per-channel map ``(x - mean) / std`` (std > 0)
 takes the input box exactly onto a box, so the rest of the model is bounded over the normalised box. The
@@ -15,88 +20,114 @@ every specification row at input resolution, made an MLP's CROWN-IBP step 3x slo
 """
 from __future__ import annotations
 
-from maar_plugin import lirpa_compat
-
-lirpa_compat.apply()  # before auto_LiRPA is imported; MaarError for a version it does not know
-
+import inspect
+import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
+from pathlib import Path
 
-import numpy as np
-import torch
-from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
-from torch import Tensor, nn
+from maar_plugin.bounds import lirpa_compat
 
-from maar_plugin.errors import MaarError
-from maar_plugin.models.normalize import Normalize
+lirpa_compat.require()  # MaarError (one line) without a usable auto_LiRPA; patches it before it is imported
 
-METHODS = ("IBP", "CROWN-IBP", "CROWN", "alpha-CROWN")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm  # noqa: E402
+from auto_LiRPA.operators import BoundRelu  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from maar_plugin.errors import MaarError  # noqa: E402
+from maar_plugin.models.normalize import Normalize  # noqa: E402
+
+METHODS = {"IBP": "IBP", "CROWN-IBP": "CROWN-IBP", "CROWN": "backward", "alpha-CROWN": "CROWN-Optimized"}
+# compute_bounds' keyword for given intermediate bounds: auto_LiRPA 0.3 and 0.7 spell it differently.
+_INTERMEDIATE_KEYWORD = next(name for name in ("interm_bounds", "intermediate_layer_bounds")
+                             if name in inspect.signature(BoundedModule.compute_bounds).parameters)
+
+IntermediateBounds = dict[str, list[Tensor]]
 
 
 class LirpaBounds:
-    """Bounds of a classifier's specification rows by IBP, CROWN-IBP, CROWN or alpha-CROWN.
+    """Bounds of a model's specification rows over input boxes by one of ``METHODS``.
 
     ``example_input`` only fixes the per-example shape; its batch size may differ from later calls.
     Build it before a step's forward pass: auto_LiRPA reloads the parameters in place while building.
     alpha-CROWN optimises the ReLU slopes of the final bound for ``alpha_iterations`` Adam steps of
-    rate ``alpha_lr`` (Xu et al. 2021).
+    rate ``alpha_lr`` (Xu et al. 2021). ``options`` adds auto_LiRPA ``bound_opts``.
     """
 
-    def __init__(self, model: nn.Module, example_input: Tensor, alpha_iterations: int = 20, alpha_lr: float = 0.5):
+    def __init__(self, model: nn.Module, example_input: Tensor, alpha_iterations: int = 20, alpha_lr: float = 0.5,
+                 options: dict | None = None) -> None:
         self.model = model
         self.normalize, bounded_part = split_leading_normalize(model)
-        options = {"optimize_bound_args": {"iteration": alpha_iterations, "lr_alpha": alpha_lr}, "verbosity": 0}
+        bound_opts = {"optimize_bound_args": {"iteration": alpha_iterations, "lr_alpha": alpha_lr}, "verbosity": 0,
+                      **(options or {})}
         # Built in eval mode, so that BatchNorm accepts a one-example input and keeps its running statistics.
         was_training = model.training
         model.eval()
         try:
             with _parameters_kept_trainable(model):
-                self.bounded = BoundedModule(
-                    bounded_part, self.normalize(example_input.detach()), bound_opts=options,
-                    device=example_input.device,
-                )
+                self.bounded = BoundedModule(bounded_part, self.normalize(example_input.detach()),
+                                             bound_opts=bound_opts, device=example_input.device)
+        except MaarError:
+            raise
+        except Exception as error:  # auto_LiRPA's tracer raises many kinds for models it cannot take
+            first_line = str(error).splitlines()[0] if str(error) else ""
+            raise MaarError(f"auto_LiRPA cannot trace the network ({type(error).__name__}: {first_line})") from error
         finally:
             model.train(was_training)
         model_buffers = dict(model.named_buffers())
         self._buffer_nodes = [
             node for node in self.bounded._modules.values() if getattr(node, "ori_name", None) in model_buffers
         ]
+        self.relus = [node for node in self.bounded._modules.values() if isinstance(node, BoundRelu)]
 
-    def bounds(
-        self, lower: Tensor, upper: Tensor, spec: Tensor | None, method: str, bound_upper: bool = True
-    ) -> tuple[Tensor, Tensor | None]:
+    def bounds(self, lower: Tensor, upper: Tensor, spec: Tensor | None, method: str, bound_upper: bool = True,
+               intermediate: IntermediateBounds | None = None) -> tuple[Tensor, Tensor | None]:
         """(lower, upper) bounds of ``spec @ logits`` [B, S] (or of the logits when ``spec`` is None).
 
-        A spec with batch dimension 1 is shared by all examples.
-        The upper bound is None when ``bound_upper`` is False (CROWN methods then skip half the work).
+        A spec with batch dimension 1 is shared by all examples. The upper bound is None when ``bound_upper``
+        is False (CROWN methods then skip half the work). ``intermediate`` (from :meth:`intermediate_bounds`
+        of an earlier call on the same boxes) fixes every ReLU's input bounds instead of computing them.
         """
         if method not in METHODS:
             raise MaarError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
-        lirpa_method = "CROWN-Optimized" if method == "alpha-CROWN" else method
         caller_wants_grad = torch.is_grad_enabled()
+        given = {_INTERMEDIATE_KEYWORD: intermediate} if intermediate is not None else {}
         # alpha-CROWN optimises its slopes by gradient descent, also when the caller disabled gradients.
         with _parameters_kept_trainable(self.model), torch.set_grad_enabled(caller_wants_grad or method == "alpha-CROWN"):
             lower_bound, upper_bound = self.bounded.compute_bounds(
-                x=self._forward_centre(lower, upper), C=_batched(spec, lower), method=lirpa_method,
-                bound_upper=bound_upper or method == "IBP",
-            )
+                x=self._forward_centre(lower, upper), C=_batched(spec, lower), method=METHODS[method],
+                bound_upper=bound_upper or method == "IBP", **given)
         if not caller_wants_grad:
-            lower_bound, upper_bound = lower_bound.detach(), upper_bound.detach() if bound_upper else None
+            lower_bound = lower_bound.detach()
+            upper_bound = upper_bound.detach() if bound_upper else None
         return lower_bound, (upper_bound if bound_upper else None)
 
-    def ibp_and_crown_ibp_lower(
-        self, lower: Tensor, upper: Tensor, spec: Tensor, crown_spec: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def ibp_and_crown_ibp_lower(self, lower: Tensor, upper: Tensor, spec: Tensor, crown_spec: Tensor | None = None
+                                ) -> tuple[Tensor, Tensor]:
         """IBP lower bounds of ``spec`` rows and CROWN-IBP lower bounds of ``crown_spec`` rows (default: the
         same rows) from one IBP pass: CROWN-IBP's intermediate bounds are IBP's (Zhang et al. 2020)."""
         crown_spec = spec if crown_spec is None else crown_spec
         with _parameters_kept_trainable(self.model):
             bounded_input = self._forward_centre(lower, upper)
             ibp_lower, _ = self.bounded.compute_bounds(x=bounded_input, C=_batched(spec, lower), method="IBP")
-            crown_ibp_lower, _ = self.bounded.compute_bounds(
-                C=_batched(crown_spec, lower), IBP=False, method="backward", bound_upper=False
-            )
+            crown_ibp_lower, _ = self.bounded.compute_bounds(C=_batched(crown_spec, lower), IBP=False,
+                                                             method="backward", bound_upper=False)
         return ibp_lower, crown_ibp_lower
+
+    def intermediate_bounds(self) -> IntermediateBounds:
+        """Every ReLU's input bounds from the last call, keyed by auto_LiRPA node name, to pass back later."""
+        return {relu.inputs[0].name: [relu.inputs[0].lower.detach().clone(), relu.inputs[0].upper.detach().clone()]
+                for relu in self.relus}
+
+    def relu_input_bounds(self) -> list[tuple[Tensor, Tensor]]:
+        """Per ReLU, in the graph's order, (lower, upper) of its input [B, *shape] from the last call."""
+        return [(relu.inputs[0].lower.detach(), relu.inputs[0].upper.detach()) for relu in self.relus]
+
+    def relu_shapes(self) -> list[tuple[int, ...]]:
+        """The per-example output shape of every ReLU auto_LiRPA sees, in the graph's order."""
+        return [tuple(relu.output_shape[1:]) for relu in self.relus]
 
     def _forward_centre(self, lower: Tensor, upper: Tensor) -> tuple[BoundedTensor]:
         """The box as auto_LiRPA's input (centre + perturbation), after the forward pass bounds start from.
@@ -117,6 +148,19 @@ class LirpaBounds:
         bounded_input = (BoundedTensor((lower + upper) / 2, perturbation),)
         self.bounded(*bounded_input)
         return bounded_input
+
+
+def failed_inside_lirpa(error: BaseException) -> bool:
+    """Whether ``error`` comes from auto_LiRPA's own code (a limitation of auto_LiRPA on a network, not a bug
+    of ours): of the frames of its traceback in auto_LiRPA's package or in this one, the innermost is
+    auto_LiRPA's (frames of torch, numpy or the standard library in between do not count)."""
+    import auto_LiRPA
+
+    lirpa_package = Path(auto_LiRPA.__file__).resolve().parent
+    own_package = Path(__file__).resolve().parent.parent
+    frames = [Path(frame.filename).resolve() for frame in traceback.extract_tb(error.__traceback__)]
+    relevant = [path for path in frames if path.is_relative_to(lirpa_package) or path.is_relative_to(own_package)]
+    return bool(relevant) and relevant[-1].is_relative_to(lirpa_package)
 
 
 def split_leading_normalize(model: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -6,6 +6,7 @@ import copy
 import torch
 from torch import nn
 
+from maar_plugin.bounds.layers import batch_norm_affine
 from maar_plugin.errors import MaarError
 
 _FOLDABLE = {nn.BatchNorm2d: nn.Conv2d, nn.BatchNorm1d: nn.Linear}
@@ -38,13 +39,11 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
 def _merged(affine: nn.Conv2d | nn.Linear, norm: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Conv2d | nn.Linear:
     """``affine`` followed by ``norm`` (eval mode) as one layer of ``affine``'s type, with a bias."""
     with torch.no_grad():
-        scale = torch.rsqrt(norm.running_var.double() + norm.eps)
-        if norm.weight is not None:
-            scale = scale * norm.weight.double()
-        shift = norm.bias.double() if norm.bias is not None else torch.zeros_like(scale)
+        scale, shift = batch_norm_affine(norm.running_mean.double(), norm.running_var.double(), norm.eps,
+                                         None if norm.weight is None else norm.weight.double(),
+                                         None if norm.bias is None else norm.bias.double())
         weight = affine.weight.double() * scale.view(-1, *([1] * (affine.weight.dim() - 1)))
-        bias = affine.bias.double() if affine.bias is not None else torch.zeros_like(scale)
-        bias = (bias - norm.running_mean.double()) * scale + shift
+        bias = affine.bias.double() * scale + shift if affine.bias is not None else shift
         merged = copy.deepcopy(affine)
         if merged.bias is None:
             merged.bias = nn.Parameter(torch.empty_like(bias, dtype=affine.weight.dtype))

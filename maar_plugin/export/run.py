@@ -40,7 +40,7 @@ class ExportPaths:
     spec_dir: Path
 
     @staticmethod
-    def from_out(out: str | Path, specs_dir: str | Path | None) -> "ExportPaths":
+    def from_out(out: str | Path, specs_dir: str | Path | None) -> ExportPaths:
         """``out`` is ``models/NAME`` (``.onnx`` optional); specs go to ``<specs_dir>/NAME``, by default
         ``vnnlib_specs`` beside the folder holding the ONNX file."""
         out = Path(out)

@@ -10,5 +10,12 @@ from maar_plugin.models.registry import (
     register_model,
 )
 
-__all__ = ["Normalize", "SUPPORTED_LAYERS", "check_supported", "create_model", "list_models",
-           "model_descriptions", "register_model"]
+__all__ = [
+    "SUPPORTED_LAYERS",
+    "Normalize",
+    "check_supported",
+    "create_model",
+    "list_models",
+    "model_descriptions",
+    "register_model",
+]

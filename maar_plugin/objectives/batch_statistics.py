@@ -7,9 +7,9 @@ does the same for any torch model. The statistics stay in the autograd graph; ev
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn

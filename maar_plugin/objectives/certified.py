@@ -17,7 +17,7 @@ centres').
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,6 @@ from torch import Tensor, nn
 from maar_plugin.bounds.box import linf_ball_box
 from maar_plugin.bounds.crown import crown_lower, supports_crown
 from maar_plugin.bounds.ibp import interval_bounds, interval_bounds_with_trace
-from maar_plugin.bounds.lirpa import LirpaBounds
 from maar_plugin.bounds.specs import margin_spec, margins_from_pairwise, pairwise_matrix, pairwise_spec
 from maar_plugin.data import DatasetInfo
 from maar_plugin.models import SUPPORTED_LAYERS
@@ -34,6 +33,9 @@ from maar_plugin.objectives.base import LossTerms, Objective, hyperparameter
 from maar_plugin.objectives.batch_statistics import clean_batch_statistics
 from maar_plugin.objectives.losses import linear_ramp, robust_ce_from_margins
 from maar_plugin.objectives.registry import register_objective
+
+if TYPE_CHECKING:
+    from maar_plugin.bounds.lirpa import LirpaBounds
 
 
 @dataclass
@@ -106,6 +108,8 @@ class CertifiedObjective(PairwiseBoundsObjective):
         self.fused_crown = self.needs_crown and self.fused_ibp and supports_crown(model)
         self.lirpa: LirpaBounds | None = None
         if not self.fused_ibp or (self.needs_crown and not self.fused_crown):
+            from maar_plugin.bounds.lirpa import LirpaBounds  # auto_LiRPA only for models the fused passes miss
+
             device = next(model.parameters()).device
             self.lirpa = LirpaBounds(model, torch.zeros(1, *info.input_shape, device=device))
 

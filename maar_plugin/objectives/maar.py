@@ -31,8 +31,7 @@ from maar_plugin.errors import MaarError
 from maar_plugin.objectives.base import LossTerms, Objective, hyperparameter
 from maar_plugin.objectives.certified import KL_REGIONS, PairwiseBoundsObjective
 from maar_plugin.objectives.losses import WEIGHTINGS, kl_upper_bound, linear_ramp, misclassification_weights
-from maar_plugin.objectives.registry import (create_objective, list_objectives, objective_class,
-                                             register_objective)
+from maar_plugin.objectives.registry import create_objective, list_objectives, objective_class, register_objective
 
 BUILT_IN_BASES = ("ibp", "crown-ibp", "sabr", "mtl-ibp", "exp-ibp", "cc-ibp")
 DEFAULT_BASE = "crown-ibp"

@@ -13,7 +13,6 @@ import yaml
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class, objective_hyperparameters
 
-
 TRAINING_KEYS = ("train_eps",)  # TrainConfig options a row may set
 
 

@@ -12,13 +12,13 @@ import multiprocessing
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from maar_plugin.atomic import atomic_write_text
-from maar_plugin.certify import CERTIFICATE_NAME, certify
+from maar_plugin.certify import CERTIFICATE_NAME, certificate_verifier, certify
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_hyperparameters
 from maar_plugin.reproduce.rows import Row, parse_row
@@ -27,7 +27,7 @@ from maar_plugin.training.evaluate_run import evaluate_run
 from maar_plugin.training.loop import train
 from maar_plugin.training.recipe import EvaluationSettings, Recipe, config_from_recipe, load_recipe
 from maar_plugin.training.run_files import CONFIG_NAME, training_state
-from maar_plugin.verification import Verifier
+from maar_plugin.verification import Verifier, VerifyOptions
 
 PLAN_NAME = "reproduce.json"
 EVALUATION_NAME = "evaluation.json"
@@ -122,8 +122,8 @@ def _certificate_done(certify_dir: Path, count: int, retry_timeout: float | None
 def _same_verifier(certify_dir: Path, verifier: Verifier | None) -> None:
     """A finished certification by one verifier is not silently reused for a table asked of the other."""
     path = certify_dir / CERTIFICATE_NAME
-    wanted = "abcrown" if verifier is not None else "maar"
-    done = json.loads(path.read_text()).get("verifier", "maar") if path.is_file() else wanted
+    wanted = "abcrown" if verifier is not None else "builtin"
+    done = certificate_verifier(json.loads(path.read_text())) if path.is_file() else wanted
     if done != wanted:
         raise MaarError(f"{certify_dir} was certified with --verifier {done}; rerun with it, or use another --out")
 
@@ -137,6 +137,7 @@ class _Task:
     progress: bool
     threads: int | None
     verifier: Verifier | None = None
+    options: VerifyOptions | None = None
 
 
 def _run_task(task: _Task, log: Callable[[str], None] = print) -> str:
@@ -180,9 +181,10 @@ def _certify_run(task: _Task, jobs: int, log: Callable[[str], None]) -> str:
             + (f" in {jobs} shards" if jobs > 1 else "")
             + (f", open ones again with {settings.certify_retry_timeout:g} s" if settings.certify_retry_timeout else ""))
         resume = task.certify_dir.is_dir() and any(task.certify_dir.iterdir())
+        options = replace(task.options or VerifyOptions(), timeout=settings.certify_timeout)
         certify(task.run_dir, config.eps, settings.certify_count, task.certify_dir, timeout=settings.certify_timeout,
-                resume=resume, progress=task.progress, jobs=jobs, retry_open=settings.certify_retry_timeout,
-                verifier=task.verifier)
+                resume=resume, options=options, progress=task.progress, jobs=jobs,
+                retry_open=settings.certify_retry_timeout, verifier=task.verifier)
     evaluation = json.loads((task.run_dir / EVALUATION_NAME).read_text())
     certificate = json.loads((task.certify_dir / CERTIFICATE_NAME).read_text())
     return (f"{name}: clean {evaluation['clean']:.2f}%  IBP-verified {evaluation['ibp_verified']:.2f}%  "
@@ -201,6 +203,7 @@ def reproduce(
     log: Callable[[str], None] = print,
     verifier: Verifier | None = None,
     retry_open: float | None = None,
+    options: VerifyOptions | None = None,
 ) -> Plan:
     """Train, evaluate and certify ``rows`` × ``seeds`` of a recipe into ``out_dir`` (resumable).
 
@@ -208,7 +211,8 @@ def reproduce(
     CPU each gets an equal share of the cores; on a GPU they share the card), then certifies run after run,
     each in ``jobs`` processes that verify one shard of its instances (``maar certify --jobs``).
     ``verifier`` (e.g. α,β-CROWN) replaces our cascade in the complete verification. ``retry_open``
-    overrides the recipe's ``certify_retry_timeout`` (0: open instances are not verified again).
+    overrides the recipe's ``certify_retry_timeout`` (0: open instances are not verified again). ``options``
+    are the verifier's settings (the recipe's ``certify_timeout`` replaces their timeout).
     """
     if jobs < 1:
         raise MaarError(f"--jobs must be at least 1, got {jobs}")
@@ -223,7 +227,7 @@ def reproduce(
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
     tasks = [
         _Task(run_config(recipe, row, seed, device), recipe.evaluation, out_dir / "runs" / row.run_name(seed),
-              out_dir / "certify" / row.run_name(seed), progress and jobs == 1, threads, verifier)
+              out_dir / "certify" / row.run_name(seed), progress and jobs == 1, threads, verifier, options)
         for row in parsed for seed in seeds
     ]
     log(f"{recipe.name} ({recipe.scale} scale): {len(parsed)} row(s) × {len(seeds)} seed(s) = {len(tasks)} runs in "

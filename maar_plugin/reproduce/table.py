@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maar_plugin.certify import CERTIFICATE_NAME
+from maar_plugin.certify import CERTIFICATE_NAME, certificate_verifier
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class
 from maar_plugin.objectives.maar import BUILT_IN_BASES, Maar
@@ -78,7 +78,7 @@ def _read_run(out_dir: Path, row: Row, seed: int) -> RunResult:
     if certificate:
         result.metrics["complete"] = float(certificate["complete"])
         result.open = int(certificate["open"])
-        result.verifier = certificate.get("verifier", "maar")
+        result.verifier = certificate_verifier(certificate)
         result.retry_timeout = certificate.get("retry_timeout")
     return result
 
@@ -184,7 +184,7 @@ def _retry_note(results: list[RunResult]) -> str:
     return f", open ones again with {' or '.join(f'{t:g}' for t in timeouts)} s as the *open* column says"
 
 
-_VERIFIER_NAMES = {"maar": "`maar verify`", "abcrown": "α,β-CROWN, `--verifier abcrown`"}
+_VERIFIER_NAMES = {"builtin": "`maar verify`", "abcrown": "α,β-CROWN, `--verifier abcrown`"}
 
 
 def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
@@ -195,7 +195,7 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
     evaluation = plan.evaluation
     results = collect_results(out_dir, rows)
     verifiers = sorted({result.verifier for result in results if result.verifier})
-    verifier = " and ".join(_VERIFIER_NAMES[name] for name in verifiers) or _VERIFIER_NAMES["maar"]
+    verifier = " and ".join(_VERIFIER_NAMES[name] for name in verifiers) or _VERIFIER_NAMES["builtin"]
     lines = [
         f"Recipe `{plan.recipe}` at {plan.scale} scale. Clean, PGD ({evaluation['pgd_steps']} steps, "
         f"{evaluation['pgd_restarts']} restarts) and IBP-verified accuracy on the first {evaluation['count']} test "

@@ -71,11 +71,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def config_help() -> dict[str, str]:
-    """Option name -> help string, for the CLI."""
-    return {f.name: f.metadata["help"] for f in fields(TrainConfig)}
-
-
 def build_config(recipe: dict | None = None, overrides: dict | None = None) -> TrainConfig:
     """Defaults <- recipe <- overrides (None values in overrides mean 'not given')."""
     known = {f.name for f in fields(TrainConfig)}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.data import dataset_info, load_dataset
+from maar_plugin.devices import resolve_device
 from maar_plugin.errors import MaarError
 from maar_plugin.training.evaluate import evaluate_robustness
-from maar_plugin.training.loop import resolve_device
 from maar_plugin.training.run_files import load_trained_model
 
 

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import math
-import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -14,39 +13,19 @@ from tqdm import tqdm
 
 from maar_plugin.bounds.box import linf_ball_box
 from maar_plugin.data import dataset_info, load_dataset
+from maar_plugin.devices import describe_device, resolve_device
 from maar_plugin.errors import MaarError
 from maar_plugin.models import create_model
 from maar_plugin.objectives import create_objective
+from maar_plugin.training import distributed
 from maar_plugin.training.checkpoint import CHECKPOINT_NAME, atomic_torch_save, load_checkpoint
 from maar_plugin.training.config import TrainConfig, save_config
-from maar_plugin.training import distributed
 from maar_plugin.training.distributed import Ranks
-from maar_plugin.training.run_files import load_run_config
 from maar_plugin.training.evaluate import evaluate_robustness
 from maar_plugin.training.metrics_log import plot_metrics, write_metrics
+from maar_plugin.training.run_files import load_run_config
 from maar_plugin.training.schedule import SmoothedEpsSchedule
 from maar_plugin.training.shi_warmup import ibp_initialize_, warmup_regularizer
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MaarError("--device cuda was asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
-def describe_device(device: torch.device) -> str:
-    """The card or processor a run trains on, for results tables."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU ({line.split(':', 1)[1].strip()}, {torch.get_num_threads()} threads)"
-    except OSError:
-        pass
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:

@@ -1,39 +1,21 @@
 """Command-line options generated from ``TrainConfig``, so every option and its help live in one place."""
 from __future__ import annotations
 
-import typing
-from dataclasses import MISSING, fields
-from typing import Any, Callable
+from collections.abc import Callable
 
 import click
 import yaml
 
+from maar_plugin.cli_options import dataclass_flags, given_options
 from maar_plugin.errors import MaarError
 from maar_plugin.training.config import TrainConfig
 
-_CUSTOM = {"objective_args", "lr_decay_epochs"}
-
-
-def _click_type(annotation: Any) -> Any:
-    arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
-    base = arguments[0] if arguments else annotation
-    return {str: str, int: int, float: float, bool: bool}[base]
+_CUSTOM = ("objective_args", "lr_decay_epochs")
 
 
 def train_options(command: Callable) -> Callable:
     """Decorate a click command with one option per TrainConfig field (all default to 'not given')."""
-    hints = typing.get_type_hints(TrainConfig)
-    for spec in reversed(fields(TrainConfig)):
-        if spec.name in _CUSTOM:
-            continue
-        flag = "--" + spec.name.replace("_", "-")
-        default = spec.default if spec.default is not MISSING else None
-        kind = _click_type(hints[spec.name])
-        if kind is bool:
-            option = click.option(f"{flag}/--no-{flag[2:]}", spec.name, default=None, help=f"{spec.metadata['help']} [default: {default}]")
-        else:
-            option = click.option(flag, spec.name, type=kind, default=None, help=f"{spec.metadata['help']} [default: {default}]")
-        command = option(command)
+    command = dataclass_flags(TrainConfig, exclude=_CUSTOM)(command)
     command = click.option("--lr-decay-epochs", "lr_decay_epochs", default=None,
                            help="comma-separated epochs after which the LR decays, e.g. 10,15")(command)
     command = click.option("-o", "--objective-arg", "objective_arg", multiple=True, metavar="KEY=VALUE",
@@ -63,7 +45,7 @@ def parse_objective_args(pairs: tuple[str, ...], base: str | None, lam: float | 
 
 def overrides_from_options(options: dict) -> dict:
     """The TrainConfig overrides given on the command line (None = not given)."""
-    overrides = {key: value for key, value in options.items() if key in {f.name for f in fields(TrainConfig)}}
+    overrides = given_options(TrainConfig, options, exclude=_CUSTOM)
     decay = options.get("lr_decay_epochs")
     if decay is not None:
         try:

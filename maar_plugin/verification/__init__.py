@@ -1,31 +1,59 @@
-"""Complete verification of ONNX networks against VNN-LIB properties (``maar verify``).
+"""Complete verification of networks against VNN-LIB properties (``maar verify``).
 
-Flow: ``onnx_loader`` turns the ONNX graph into a :class:`ReluNetwork` (dense float64 affine maps with
-ReLUs between; our own converter, see there why not onnx2torch) → ``cascade`` runs centre point, IBP,
-PGD, CROWN, alpha-CROWN (auto_LiRPA on the network as ``nn.Sequential(Linear, ReLU, ...)``), the LP
-relaxation (``lp_bounds``; PGD restarts at its minimiser) and the exact ``milp`` stage (HiGHS) →
-``counterexample`` confirms every ``sat`` on the original file with onnxruntime → ``batch`` writes
-VNN-COMP result files, a JSON-lines log and a CSV summary, whole or as one ``shard`` of the instances
-(SLURM array task, torchrun rank, local worker) → ``report``.
+The flow, one subpackage per concern:
 
-Public API: :func:`verify_instance` for one (ONNX, VNN-LIB) pair, :func:`verify_instances` for a batch
-written to a results folder, :class:`InstanceResult` with the verdict, deciding stage and per-stage
-states, and :func:`certified_by` for cumulative per-stage counts. ``abcrown_backend`` runs a user's
-α,β-CROWN in place of the cascade (a :class:`Verifier`), with the same folder, log and resume.
+- :mod:`.network`: the model graph. ``onnx_import`` turns an ONNX file into a
+  :class:`~.network.layers.LayerGraph` of torch layers (our own converter, see there why not onnx2torch);
+  ``runtime`` runs the original file in onnxruntime, the reference every counterexample must pass.
+- :mod:`.bounding`: the bound passes. ``lirpa_stages``: IBP, CROWN and alpha-CROWN through auto_LiRPA
+  (:mod:`maar_plugin.bounds.lirpa`, the wrapper training uses too); ``linear``: our batched CROWN pass
+  with α slopes and β split multipliers over branch-and-bound domains; ``lp``: LPs with a lower bound
+  that is sound whatever the solver's tolerances (HiGHS).
+- :mod:`.search`: the complete search. ``bab``: batched branch and bound on ReLU splits (``branching``
+  picks the splits, ``pattern_lp`` decides fully split domains exactly); ``input_split``: branch and bound
+  on the input box for networks with few inputs.
+- :mod:`.run`: running and recording instances. ``cascade`` runs centre point, IBP, PGD, CROWN,
+  alpha-CROWN, then branch and bound on one instance (``models`` loads each network once per run);
+  ``batch`` verifies many into a results folder (``records``: result files, log, summary), whole or as one
+  ``shard``; ``tables`` prints what a folder holds.
+- :mod:`.abcrown`: a user's α,β-CROWN in place of the cascade (``--verifier abcrown``) and the reader of
+  α,β-CROWN's YAML configs; neither imports auto_LiRPA or the LP solver.
+- Leaves that everything shares: ``options`` (every setting, defined once), ``instances``, ``result``,
+  ``memory`` (the memory limit's shares and the estimate of what a network needs).
+
+The public names below are imported on first use, so that ``import maar_plugin.verification`` costs
+nothing and the α,β-CROWN back end works without auto_LiRPA.
 """
-from maar_plugin.verification.abcrown_config import AbcrownJob, read_abcrown_config
-from maar_plugin.verification.batch import (Instance, Verifier, merge_summaries, read_instances_csv, read_log,
-                                           verify_in_processes, verify_instances)
-from maar_plugin.verification.cascade import ModelCache, VerifyOptions, verify_instance
-from maar_plugin.verification.network import ReluNetwork
-from maar_plugin.verification.dense import load_onnx_network
-from maar_plugin.verification.report import instance_table, stage_table
-from maar_plugin.verification.result import BOUND_STAGES, STAGES, InstanceResult, certified_by
-from maar_plugin.verification.shard import Shard, parse_shard, rank_device, shard_from_env, wait_for_all_ranks
+from __future__ import annotations
 
-__all__ = [
-    "AbcrownJob", "BOUND_STAGES", "Instance", "InstanceResult", "ModelCache", "ReluNetwork", "STAGES", "Shard",
-    "Verifier", "VerifyOptions", "certified_by", "instance_table", "load_onnx_network", "merge_summaries", "parse_shard",
-    "rank_device", "read_abcrown_config", "read_instances_csv", "read_log", "shard_from_env", "stage_table",
-    "verify_in_processes", "verify_instance", "verify_instances", "wait_for_all_ranks",
-]
+import importlib
+from typing import Any
+
+_PUBLIC = {
+    "VerifyOptions": "options", "BabOptions": "options",
+    "Instance": "instances", "read_instances_csv": "instances", "instance_names": "instances",
+    "InstanceResult": "result", "STAGES": "result", "BOUND_STAGES": "result", "VERDICTS": "result",
+    "certified_by": "result",
+    "verify_instance": "run.cascade", "CascadeVerifier": "run.cascade", "ModelCache": "run.models",
+    "Verifier": "run.batch", "verify_instances": "run.batch", "verify_in_processes": "run.batch",
+    "read_log": "run.records", "merge_summaries": "run.records",
+    "stage_table": "run.tables", "instance_table": "run.tables",
+    "Shard": "run.shard", "parse_shard": "run.shard", "rank_device": "run.shard", "shard_from_env": "run.shard",
+    "wait_for_all_ranks": "run.shard",
+    "AbcrownJob": "abcrown.config", "read_abcrown_config": "abcrown.config",
+    "LayerGraph": "network.layers", "load_onnx_graph": "network.onnx_import",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

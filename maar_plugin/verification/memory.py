@@ -1,4 +1,9 @@
-"""The bound stages' working memory on a LayerGraph, estimated before anything is bounded.
+"""The verifier's memory: how the limit is shared between its parts, and what a network needs.
+
+:class:`MemoryBudget` is the one place that splits ``--memory-limit``: half for the bound stages (the
+model, its per-neuron state and CROWN's intermediate bounds), a quarter for the children of one branch-
+and-bound pass, a quarter for the stored domains (or input boxes). :func:`memory_plan` estimates the
+bound stages' working memory on a LayerGraph before anything is bounded:
 
 auto_LiRPA's CROWN pass bounds each ReLU's input by a backward pass of linear coefficients from all
 of that ReLU's neurons at once. Through convolutions the coefficients are patches, one row of
@@ -19,12 +24,46 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from maar_plugin.verification.graph import LayerGraph, Reshape, Transpose
+from maar_plugin.errors import MaarError
+from maar_plugin.verification.network.layers import LayerGraph, Reshape, Transpose
 
 BYTES_PER_VALUE = 4
 COPIES = 6                  # lower and upper coefficients, their products with the next layer, slack
 VALUES_PER_NEURON = 8       # forward values, interval and CROWN bounds, α slopes, gradients
 SPEC_ROWS = 64              # rows of a specification bounded at once (all disjuncts of a property)
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Shares of ``limit`` bytes (see the module docstring)."""
+
+    limit: float
+
+    @property
+    def bound_stages(self) -> float:
+        return self.limit / 2
+
+    @property
+    def search_pass(self) -> float:
+        """For the children of one branch-and-bound pass (or one batch of input boxes)."""
+        return self.limit / 4
+
+    @property
+    def search_store(self) -> float:
+        """For the domains (or input boxes) branch and bound keeps."""
+        return self.limit / 4
+
+    def check(self, plan: MemoryPlan, what: str) -> None:
+        """A one-line MaarError when ``plan`` cannot fit the bound stages' share."""
+        if plan.minimum > self.bound_stages:
+            needed = plan.minimum * self.limit / self.bound_stages
+            raise MaarError(f"{what}: verifying this network needs about {size_text(needed)}, over the memory limit "
+                            f"of {size_text(self.limit)} (--memory-limit)")
+
+
+def size_text(size: float) -> str:
+    """Bytes as ``12.0 MB`` or ``1.3 GB``."""
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 @dataclass(frozen=True)

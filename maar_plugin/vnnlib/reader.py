@@ -39,7 +39,7 @@ class _Atom(str):
 
     line: int
 
-    def __new__(cls, text: str, line: int) -> "_Atom":
+    def __new__(cls, text: str, line: int) -> _Atom:
         atom = super().__new__(cls, text)
         atom.line = line
         return atom
@@ -60,10 +60,10 @@ class _Linear:
     coefficients: dict[Variable, float]
     constant: float
 
-    def scaled(self, factor: float) -> "_Linear":
+    def scaled(self, factor: float) -> _Linear:
         return _Linear({v: factor * c for v, c in self.coefficients.items()}, factor * self.constant)
 
-    def plus(self, other: "_Linear") -> "_Linear":
+    def plus(self, other: _Linear) -> _Linear:
         coefficients = dict(self.coefficients)
         for variable, coefficient in other.coefficients.items():
             coefficients[variable] = coefficients.get(variable, 0.0) + coefficient
@@ -88,10 +88,10 @@ class _Box:
     upper_line: list[int]
 
     @staticmethod
-    def unbounded(size: int) -> "_Box":
+    def unbounded(size: int) -> _Box:
         return _Box(np.full(size, -np.inf), np.full(size, np.inf), [0] * size, [0] * size)
 
-    def copy(self) -> "_Box":
+    def copy(self) -> _Box:
         return _Box(self.lower.copy(), self.upper.copy(), list(self.lower_line), list(self.upper_line))
 
 
@@ -302,7 +302,7 @@ class _Reader:
             raise self.fail(constraint.line, "constraint mixes inputs X and outputs Y")
         return kinds.pop()
 
-    def tighten(self, box: "_Box", constraints: list[_Constraint]) -> None:
+    def tighten(self, box: _Box, constraints: list[_Constraint]) -> None:
         """Intersect the box with the single-variable input bounds among ``constraints``."""
         for constraint in constraints:
             if self.kind(constraint) != "X":
@@ -316,7 +316,7 @@ class _Reader:
             elif coefficient < 0 and value > box.lower[index]:
                 box.lower[index], box.lower_line[index] = value, constraint.line
 
-    def check_box(self, box: "_Box") -> None:
+    def check_box(self, box: _Box) -> None:
         """Every input needs a finite lower and upper bound, lower <= upper (first offender reported)."""
         for bad, problem in ((~np.isfinite(box.lower), "no finite lower bound"),
                              (~np.isfinite(box.upper), "no finite upper bound")):

@@ -1,13 +1,21 @@
-"""Counterexamples judged on the original ONNX file with onnxruntime, and written in VNN-COMP format."""
+"""The original ONNX file run by onnxruntime: every counterexample must violate the property there."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import onnxruntime
 
 from maar_plugin.errors import MaarError
 from maar_plugin.vnnlib.property import VnnlibProperty
+
+
+class ReferenceModel(Protocol):
+    """The network as deployed: what a counterexample must violate the property on."""
+
+    def outputs(self, flat_input: np.ndarray) -> np.ndarray:
+        """Flat float64 outputs for one flat input."""
 
 
 class OnnxRuntimeModel:
@@ -30,7 +38,7 @@ class OnnxRuntimeModel:
         return np.asarray(self.session.run(None, {self.input.name: x})[0], dtype=np.float64).reshape(-1)
 
 
-def confirmed_counterexample(runtime: OnnxRuntimeModel, prop: VnnlibProperty,
+def confirmed_counterexample(runtime: ReferenceModel, prop: VnnlibProperty,
                              candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(x, y) if the candidate, clipped to the box, violates the property on onnxruntime's outputs.
 
@@ -41,10 +49,3 @@ def confirmed_counterexample(runtime: OnnxRuntimeModel, prop: VnnlibProperty,
     x = np.clip(np.asarray(candidate, dtype=np.float64), prop.input_lower, prop.input_upper)
     y = runtime.outputs(x)
     return (x, y) if prop.violated_by(y) else None
-
-
-def counterexample_text(x: np.ndarray, y: np.ndarray) -> str:
-    """VNN-COMP result text: ``sat`` then ``((X_0 v) ... (Y_0 v) ...)``; X exact (float64), Y as float32."""
-    entries = [f"(X_{i} {float(v)!r})" for i, v in enumerate(np.asarray(x, dtype=np.float64))]
-    entries += [f"(Y_{j} {float(v)!r})" for j, v in enumerate(np.asarray(y, dtype=np.float32))]
-    return "sat\n(" + "\n ".join(entries) + ")\n"

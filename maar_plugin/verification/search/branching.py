@@ -5,7 +5,9 @@ domain's bound, which ReLUs are still unsplit, and a function that bounds both c
 splits) and returns one neuron per domain, −1 where every unstable ReLU is split already.
 
 - ``intercept``: the neuron whose upper relaxation's intercept costs the bound most (BaBSR's intercept
-  score; Bunel et al. 2020, "Branch and bound for piecewise linear neural network verification").
+  score; Bunel et al. 2020, "Branch and bound for piecewise linear neural network verification");
+- ``babsr``: the neuron with the highest BaBSR score (the intercept's cost plus the bias term's change
+  over the two children; Bunel et al. 2020, eq. 10; α,β-CROWN's ``babsr``);
 - ``fsb``, filtered smart branching (De Palma et al. 2021, "Improved branch and bound for neural network
   verification via Lagrangian decomposition"; α,β-CROWN's ``kfsb``): the top ``candidates`` neurons by
   BaBSR's score and the top ``candidates`` by the intercept score are each split, both children are
@@ -14,8 +16,8 @@ splits) and returns one neuron per domain, −1 where every unstable ReLU is spl
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -64,6 +66,11 @@ def intercept_choice(inputs: BranchingInput, candidates: int) -> Tensor:
     return _best_unsplit(intercept_score(inputs), inputs.unsplit)
 
 
+def babsr_choice(inputs: BranchingInput, candidates: int) -> Tensor:
+    """The unsplit neuron with the highest BaBSR score; no bound pass."""
+    return _best_unsplit(babsr_score(inputs), inputs.unsplit)
+
+
 def fsb_choice(inputs: BranchingInput, candidates: int) -> Tensor:
     """Filtered smart branching (see the module docstring); the intercept choice where no candidate's score
     reaches USEFUL_SCORE."""
@@ -85,5 +92,6 @@ def fsb_choice(inputs: BranchingInput, candidates: int) -> Tensor:
 
 BRANCHING_STRATEGIES: dict[str, Callable[[BranchingInput, int], Tensor]] = {
     "intercept": intercept_choice,
+    "babsr": babsr_choice,
     "fsb": fsb_choice,
 }

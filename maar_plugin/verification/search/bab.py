@@ -3,13 +3,13 @@
 The open disjuncts of a property (each ``C y <= d``: refuted when some row's lower bound of
 ``C_r y − d_r`` clears the tolerance) start as one root domain each. Every iteration takes the
 ``batch_size`` domains with the lowest bound (any disjunct), splits each on the ReLU that the
-``branching`` strategy picks (:mod:`~maar_plugin.verification.branching`), and bounds the 2·batch
-children in one pass of :class:`~maar_plugin.verification.split_bounds.SplitBoundEngine`, optimising
+``branching`` strategy picks (:mod:`~maar_plugin.verification.search.branching`), and bounds the 2·batch
+children in one pass of :class:`~maar_plugin.verification.bounding.linear.SplitBoundEngine`, optimising
 their α and β (inherited from the parent) by projected Adam for ``iterations`` steps. A child whose
 bound clears the tolerance is dropped; every other child's bound-minimising input is run through the
 network, and points that violate their disjunct go to ``search`` (the caller confirms them on the
 original ONNX model, and may attack from them). A domain with every unstable ReLU split is affine on
-the box and is decided exactly by one LP (:mod:`~maar_plugin.verification.domain_lp`): dropped when
+the box and is decided exactly by one LP (:mod:`~maar_plugin.verification.search.pattern_lp`): dropped when
 refuted, else its LP minimiser goes to ``confirm``. The property holds when no domain is left; a
 confirmed point ends the search.
 
@@ -20,45 +20,21 @@ branching choice. Memory per domain is ``U·(1 + 8R)`` bytes for U root-unstable
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
 
-from maar_plugin.errors import MaarError
-from maar_plugin.verification.branching import BRANCHING_STRATEGIES, BranchingInput
-from maar_plugin.verification.domain_lp import FixedPatternLP
-from maar_plugin.verification.graph import Add, Sub
-from maar_plugin.verification.split_bounds import SplitBoundEngine, crown_slopes
+from maar_plugin.bounds.layers import adaptive_lower_slope
+from maar_plugin.verification.bounding.linear import SplitBoundEngine
+from maar_plugin.verification.memory import MemoryBudget
+from maar_plugin.verification.network.layers import Add, Sub
+from maar_plugin.verification.options import BabOptions
+from maar_plugin.verification.search.branching import BRANCHING_STRATEGIES, BranchingInput
+from maar_plugin.verification.search.pattern_lp import FixedPatternLP
 
 FLOAT32_ALLOWANCE = 1e-6  # times the bound's term magnitude: rounding of a float32 bound pass
-
-
-@dataclass(frozen=True)
-class BabOptions:
-    """``batch_size`` domains are split per iteration (2·batch_size children bounded at once); a network
-    with at most ``input_split_max_inputs`` inputs is split on its input box instead
-    (:mod:`~maar_plugin.verification.input_split`). ``branching`` names the strategy that picks each
-    domain's split (``fsb`` weighs ``branching_candidates`` neurons per score by bounding their children)."""
-
-    batch_size: int = 64
-    iterations: int = 4
-    root_iterations: int = 30
-    lr_alpha: float = 0.1
-    lr_beta: float = 0.05
-    memory_limit: float = 2.0e9
-    attack_every: int = 10
-    input_split_max_inputs: int = 16
-    branching: str = "intercept"
-    branching_candidates: int = 3
-
-    def __post_init__(self) -> None:
-        if self.branching not in BRANCHING_STRATEGIES:
-            raise MaarError(f"unknown branching strategy {self.branching!r}; choose from "
-                            f"{', '.join(sorted(BRANCHING_STRATEGIES))}")
-        if self.branching_candidates < 1:
-            raise MaarError(f"branching_candidates must be at least 1, not {self.branching_candidates}")
 
 
 @dataclass(frozen=True)
@@ -99,11 +75,11 @@ class _Domains:
     def __len__(self) -> int:
         return int(self.disjunct.shape[0])
 
-    def append(self, other: "_Domains") -> None:
+    def append(self, other: _Domains) -> None:
         for name in ("disjunct", "signs", "alpha", "beta", "margin", "choice"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
 
-    def pop_worst(self, count: int) -> "_Domains":
+    def pop_worst(self, count: int) -> _Domains:
         """Remove and return the ``count`` domains with the lowest margin."""
         order = torch.argsort(self.margin)
         taken, kept = order[:count], order[count:]
@@ -113,7 +89,7 @@ class _Domains:
             setattr(self, name, getattr(self, name)[kept])
         return picked
 
-    def pop(self, taken: Tensor) -> "_Domains":
+    def pop(self, taken: Tensor) -> _Domains:
         """Remove and return the domains where the boolean mask ``taken`` is set."""
         fields = ("disjunct", "signs", "alpha", "beta", "margin", "choice")
         picked = _Domains(*(getattr(self, name)[taken] for name in fields))
@@ -125,7 +101,7 @@ class _Domains:
 class BranchAndBound:
     """One search over one problem (see the module docstring)."""
 
-    def __init__(self, engine: SplitBoundEngine, problem: BabProblem, options: BabOptions,
+    def __init__(self, engine: SplitBoundEngine, problem: BabProblem, options: BabOptions, memory: MemoryBudget,
                  confirm: Callable[[Tensor], Tensor | None], attack: Callable[[Tensor], Tensor | None] | None = None):
         self.engine, self.options = engine, options
         self.promising: Tensor | None = None     # the least-slack points of the last bound pass, for ``attack``
@@ -157,10 +133,10 @@ class BranchAndBound:
         self.unstable_bias = torch.cat([_preactivation_bias(engine, engine.relu_inputs[r])[self.unstable[r]]
                                         for r in engine.relus]) if start else None
         per_domain = sum(int(l.numel()) for l, _ in self.root.values()) * self.rows * 4 * 24
-        # the 2·batch children of one pass take at most half the memory limit, the stored domains a quarter
-        self.batch_size = max(1, min(options.batch_size, int(options.memory_limit // max(per_domain, 1)) // 4))
-        self.candidate_chunk = max(2, int(options.memory_limit // max(per_domain, 1)))   # children per FSB pass
-        self.max_domains = max(1000, int(options.memory_limit // 4 // max(1, self.num_unstable * (1 + 8 * self.rows))))
+        # the 2·batch children of one pass, and the stored domains, each within their share of the memory
+        self.batch_size = max(1, min(options.batch_size, int(memory.search_pass // (2 * max(per_domain, 1)))))
+        self.candidate_chunk = max(2, int(memory.search_pass // max(per_domain, 1)))   # children per FSB pass
+        self.max_domains = max(1000, int(memory.search_store // max(1, self.num_unstable * (1 + 8 * self.rows))))
 
     def run(self, deadline: float) -> BabOutcome:
         disjuncts = torch.arange(self.C.shape[0], device=self.engine.device)
@@ -170,7 +146,7 @@ class BranchAndBound:
         beta = torch.zeros_like(alpha)
         domains, found = self._bound(_Domains(disjuncts, signs, alpha, beta, None, None), self.options.root_iterations,
                                      deadline)
-        visited, iterations = count, 0
+        visited, iterations, undecided = count, 0, ""
         while found is None and len(domains):
             if time.monotonic() > deadline:
                 return BabOutcome("timeout", domains=visited, iterations=iterations,
@@ -179,11 +155,11 @@ class BranchAndBound:
                 return BabOutcome("unknown", domains=visited, iterations=iterations,
                                   message=f"more than {self.max_domains} open domains (memory limit)")
             if bool((domains.choice < 0).any()):
-                found, undecided = self._decide_exhausted(domains.pop(domains.choice < 0), deadline)
-                if undecided:
-                    late = time.monotonic() > deadline
-                    return BabOutcome("timeout" if late else "unknown", domains=visited, iterations=iterations,
-                                      message="the deadline passed during an exact LP" if late else undecided)
+                found, note = self._decide_exhausted(domains.pop(domains.choice < 0), deadline)
+                if note and time.monotonic() > deadline:
+                    return BabOutcome("timeout", domains=visited, iterations=iterations,
+                                      message="the deadline passed during an exact LP")
+                undecided = undecided or note      # the other domains may still hold a counterexample
                 continue
             parents = domains.pop_worst(self.batch_size)
             children = self._split(parents)
@@ -196,15 +172,18 @@ class BranchAndBound:
                 found = self.attack(self.promising)
         if found is not None:
             return BabOutcome("counterexample", found, domains=visited, iterations=iterations)
+        if undecided:
+            return BabOutcome("unknown", domains=visited, iterations=iterations, message=undecided)
         return BabOutcome("proved", domains=visited, iterations=iterations)
 
     def _decide_exhausted(self, exhausted: _Domains, deadline: float) -> tuple[Tensor | None, str]:
-        """Decide domains with every unstable ReLU split by one exact LP each (:mod:`domain_lp`): refuted ones
-        are dropped, the LP's minimiser of another is confirmed. Returns (a confirmed counterexample, why the
-        search cannot go on); both empty when every domain was refuted."""
+        """Decide domains with every unstable ReLU split by one exact LP each (:mod:`.pattern_lp`): refuted ones
+        are dropped, the LP's deepest violation of another is confirmed. Returns a confirmed counterexample
+        (at the first) and why a domain stays undecided (empty when every domain was refuted)."""
         if self.exact is None:
             self.exact = FixedPatternLP(self.engine.graph, self.root, self.lower, self.upper, self.engine.device)
         _, split_signs = self._relu_bounds(exhausted.signs)
+        undecided = ""
         for k, disjunct in enumerate(exhausted.disjunct.tolist()):
             verdict = self.exact.decide(self.C[disjunct], self.offsets[disjunct], self.thresholds[disjunct],
                                         {relu: signs[k] for relu, signs in split_signs.items()},
@@ -212,18 +191,20 @@ class BranchAndBound:
             if verdict.refuted:
                 continue
             if verdict.point is None:
-                return None, "HiGHS did not solve the exact LP of a domain with every unstable ReLU split"
+                undecided = "HiGHS did not solve the exact LP of a domain with every unstable ReLU split"
+                continue
             point = torch.as_tensor(verdict.point, dtype=self.engine.dtype, device=self.engine.device)
             found = self.confirm(point[None])
-            return found, "" if found is not None else (
-                f"a domain with every unstable ReLU split is not refuted by its exact LP (objective "
-                f"{verdict.value:.3g} at its minimiser), whose minimiser does not confirm as a counterexample")
-        return None, ""
+            if found is not None:
+                return found, ""
+            undecided = (f"a domain with every unstable ReLU split is not refuted by its exact LP, and its deepest "
+                         f"violation (objective {verdict.value:.3g}) does not confirm as a counterexample")
+        return None, undecided
 
     def _default_alpha(self, count: int) -> Tensor:
         if not self.num_unstable:
             return torch.zeros(count, self.rows, 0, dtype=self.engine.dtype, device=self.engine.device)
-        slopes = crown_slopes(self.unstable_lower, self.unstable_upper)
+        slopes = adaptive_lower_slope(self.unstable_lower, self.unstable_upper)
         return slopes.expand(count, self.rows, -1).clone()
 
     def _split(self, parents: _Domains) -> _Domains:
@@ -280,7 +261,7 @@ class BranchAndBound:
         thresholds = self.thresholds[domains.disjunct].T
         relu_bounds, split_signs = self._relu_bounds(domains.signs)
         lower, upper = self.lower.expand(batch, -1), self.upper.expand(batch, -1)
-        slopes = {relu: crown_slopes(*self.root[relu]) for relu in self.engine.relus}
+        slopes = {relu: adaptive_lower_slope(*self.root[relu]) for relu in self.engine.relus}
         alpha = domains.alpha.permute(1, 0, 2).clone().requires_grad_(True)   # [R, B, U]
         beta = domains.beta.permute(1, 0, 2).clone().requires_grad_(True)
         optimizer = torch.optim.Adam([{"params": [alpha], "lr": self.options.lr_alpha},
@@ -368,7 +349,7 @@ class BranchAndBound:
         thresholds = self.thresholds[domains.disjunct].T
         relu_bounds, split_signs = self._relu_bounds(domains.signs)
         batch = len(domains)
-        slopes = {relu: crown_slopes(*self.root[relu]) for relu in self.engine.relus}
+        slopes = {relu: adaptive_lower_slope(*self.root[relu]) for relu in self.engine.relus}
         result = self.engine.bound(C, self.lower.expand(batch, -1), self.upper.expand(batch, -1), relu_bounds,
                                    alphas=self._expand(domains.signs, domains.alpha.permute(1, 0, 2), slopes),
                                    betas=self._expand(domains.signs, domains.beta.permute(1, 0, 2)),

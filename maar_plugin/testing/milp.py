@@ -1,4 +1,7 @@
-"""The exact stage: a mixed-integer program over the ReLU network, solved by HiGHS (highspy).
+"""The exact reference: a mixed-integer program over a dense ReLU network, solved by HiGHS (highspy).
+
+Not a stage of the verifier: tests (and benchmarks) judge the verifier's verdicts against it on small
+networks.
 
 For one disjunct ``C y <= d`` we minimise ``t`` subject to ``C y - d <= t`` over the input box, with the
 network encoded exactly (Tjeng et al. 2019, "Evaluating robustness of neural networks with mixed
@@ -10,15 +13,15 @@ that the caller re-checks on the original ONNX model. Everything is float64.
 """
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass
 
 import highspy
 import numpy as np
 
-from maar_plugin.verification.bounds import Bounds
-from maar_plugin.verification.network import ReluNetwork
+from maar_plugin.testing.dense import Bounds, ReluNetwork, dense_network, interval_preactivation_bounds
+from maar_plugin.verification.bounding.lp import silent_highs
+from maar_plugin.verification.network.layers import LayerGraph
+from maar_plugin.vnnlib.property import VnnlibProperty
 
 REFUTE_TOLERANCE = 1e-6
 
@@ -130,23 +133,6 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
     return _outcome(highs, t, network.num_inputs)
 
 
-def silent_highs() -> highspy.Highs:
-    """A HiGHS instance that prints nothing; its C++ constructor writes a banner straight to file
-    descriptor 1 (once per process), which would land in the middle of our tables."""
-    sys.stdout.flush()
-    saved_stdout = os.dup(1)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        highs = highspy.Highs()
-    finally:
-        os.dup2(saved_stdout, 1)
-        os.close(saved_stdout)
-        os.close(null)
-    highs.setOptionValue("output_flag", False)
-    return highs
-
-
 def _outcome(highs: highspy.Highs, t_column: int, num_inputs: int) -> MilpOutcome:
     status = highs.getModelStatus()
     if status == highspy.HighsModelStatus.kInfeasible:
@@ -159,3 +145,35 @@ def _outcome(highs: highspy.Highs, t_column: int, num_inputs: int) -> MilpOutcom
     if status == highspy.HighsModelStatus.kTimeLimit:
         return MilpOutcome("timeout")
     return MilpOutcome("unknown", message=f"HiGHS ended with {highs.modelStatusToString(status)}")
+
+
+def milp_verdict(network: ReluNetwork, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, d: np.ndarray,
+                 time_limit: float = 30.0, margin: float = 1e-4) -> str:
+    """``sat`` if some disjunct ``C[k] y <= d[k]`` is reached with margin ``margin`` inside the box, ``unsat``
+    if every disjunct is refuted, else ``ambiguous`` (a violation within the margin, or a solver limit)."""
+    bounds = interval_preactivation_bounds(network, lower, upper)
+    verdict = "unsat"
+    for k in range(len(C)):
+        outcome = solve_disjunct(network, bounds, lower, upper, C[k], d[k], time_limit)
+        if outcome.status == "candidate" and outcome.objective is not None and outcome.objective < -margin:
+            return "sat"
+        if outcome.status != "refuted":
+            verdict = "ambiguous"
+    return verdict
+
+
+def exact_verdict(graph: LayerGraph, cases: list[VnnlibProperty], time_limit: float = 30.0,
+                  margin: float = 1e-4) -> str:
+    """The MILP verdict of a property (its input boxes ``cases``) on a chain-shaped LayerGraph: ``sat`` if any
+    box reaches any disjunct with ``margin``, ``unsat`` if none does, else ``ambiguous``."""
+    network = dense_network(graph)
+    verdicts = []
+    for case in cases:
+        rows = max(len(conjunction.bounds) for conjunction in case.unsafe)
+        padded = [(np.concatenate([c.coefficients, np.repeat(c.coefficients[:1], rows - len(c.bounds), axis=0)]),
+                   np.concatenate([c.bounds, np.repeat(c.bounds[:1], rows - len(c.bounds))])) for c in case.unsafe]
+        verdicts.append(milp_verdict(network, case.input_lower, case.input_upper, np.stack([C for C, _ in padded]),
+                                     np.stack([d for _, d in padded]), time_limit, margin))
+    if "sat" in verdicts:
+        return "sat"
+    return "unsat" if all(verdict == "unsat" for verdict in verdicts) else "ambiguous"

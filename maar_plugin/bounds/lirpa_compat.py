@@ -6,8 +6,9 @@ installed 0.3. auto_LiRPA 0.3 (2022) relies on two torch internals that torch 2.
 ``_named_members`` with a signature that torch 2.x no longer calls it with. Every version up to 0.7
 projects alpha-CROWN's ReLU slopes with ``torch.clamp``, whose gradient current torch sets to zero *at*
 the bounds; the slopes start exactly at 0 or 1 (CROWN's), so none ever moves. Each patch is applied
-only when the thing it repairs is missing or broken. Import this module before ``auto_LiRPA``
-(``maar_plugin`` does it on import).
+only when the thing it repairs is missing or broken. :mod:`maar_plugin.bounds.lirpa`, the one module
+that imports auto_LiRPA, calls :func:`require` first; a script of yours that imports auto_LiRPA itself
+gets the same patches by importing ``maar_plugin.bounds.lirpa`` first.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ from maar_plugin.errors import MaarError
 
 KNOWN_VERSIONS = SpecifierSet(">=0.3,<0.8")
 KNOWN_VERSIONS_TEXT = "0.3 (PyPI) to 0.7 (α,β-CROWN's checkout)"
+INSTALL_ADVICE = ("pip install --no-deps auto-lirpa==0.3 (PyPI's build; see the README for why --no-deps), "
+                  "or put α,β-CROWN's auto_LiRPA checkout on PYTHONPATH")
 
 
 def lirpa_version() -> Version | None:
@@ -141,6 +144,13 @@ def _patch_alpha_projection() -> None:
 def needs_patches(version: Version | None) -> bool:
     """Whether this auto_LiRPA is the old PyPI line that needs the torch 2.x patches."""
     return version is not None and version < Version("0.4")
+
+
+def require() -> bool:
+    """:func:`apply`, or a one-line MaarError saying how to install auto_LiRPA where none is importable."""
+    if lirpa_version() is None:
+        raise MaarError(f"this needs auto_LiRPA, which is not installed: {INSTALL_ADVICE}")
+    return apply()
 
 
 def apply() -> bool:

@@ -17,14 +17,16 @@ It is always feasible and bounded. ``t* > 0`` means every input of the box eithe
 has some row above its threshold, so the domain is refuted; an empty domain (splits that contradict
 each other) is the case where the split terms alone keep ``t*`` above 0, so it needs no infeasibility
 branch. This refutes on the max over rows, as the MILP does: weaker than the bound passes' "one row
-clears its threshold on the whole domain", and exact. ``t* <= 0`` gives a minimiser inside the domain
-(every split holds with slack ``|t*|``, a margin against rounding) whose rows are within the
-thresholds: a candidate counterexample, for the caller to confirm on the original model. The value
-compared with 0 is :func:`~maar_plugin.verification.lp_bounds.safe_lower_bound` of HiGHS's duals, valid
+clears its threshold on the whole domain", and exact. Where ``t* <= 0`` a second LP finds the domain's
+deepest violation, ``min max_r (C_r f(x) − d_r)`` subject to ``s_i z_i(x) >= 0`` (on the boundary both
+pieces of a ReLU agree, so the network is the same there): a candidate counterexample, for the caller to
+confirm on the original model. The value
+compared with 0 is :func:`~maar_plugin.verification.bounding.lp.safe_lower_bound` of HiGHS's duals, valid
 whatever the solver's tolerances; the maps' float64 rounding (relative 1e-16) is far below the thresholds.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +34,9 @@ import torch
 from scipy import sparse
 from torch import Tensor
 
-from maar_plugin.verification.graph import LayerGraph
-from maar_plugin.verification.lp_bounds import LinearRelaxation, solve_relaxation
-from maar_plugin.verification.split_bounds import SplitBoundEngine
+from maar_plugin.verification.bounding.linear import SplitBoundEngine
+from maar_plugin.verification.bounding.lp import LinearRelaxation, solve_relaxation
+from maar_plugin.verification.network.layers import LayerGraph
 
 RANGE_PAD = 1e-6  # relative widening of the finite bounds given to t (they must not cut the optimum)
 
@@ -53,8 +55,9 @@ class AffinePiece:
 
 @dataclass(frozen=True)
 class PatternVerdict:
-    """``refuted`` when the LP's sound lower bound ``bound`` is above 0; otherwise ``point`` is the LP's
-    minimiser clipped to the box (None if HiGHS gave none) and ``value`` the LP objective there."""
+    """``refuted`` when the LP's sound lower bound ``bound`` is above 0; otherwise ``point`` is the domain's
+    deepest violation, clipped to the box (None if HiGHS gave none), and ``value`` its largest row
+    ``max_r (C_r f(x) − d_r)`` there (no thresholds)."""
 
     refuted: bool
     bound: float
@@ -109,24 +112,40 @@ class FixedPatternLP:
 
     def decide(self, C: Tensor, offsets: Tensor, thresholds: Tensor, split_signs: dict[int, Tensor],
                time_limit: float) -> PatternVerdict:
-        """Decide the domain of ``split_signs`` for the disjunct ``C y <= offsets`` ([R, K], [R]; module docstring)."""
+        """Decide the domain of ``split_signs`` for the disjunct ``C y <= offsets`` ([R, K], [R]; module docstring).
+
+        Where the domain is not refuted, the point returned is the domain's deepest violation instead of the
+        common-slack LP's minimiser: ``min max_r (C_r f(x) − d_r)`` subject to the splits, a second LP."""
+        started = time.monotonic()
         piece = self.affine_piece(C, split_signs)
         slack = (offsets.double() + thresholds.double()).cpu().numpy()
         # constraints g_k(x) = G_k·x + h_k <= t: rows first, then splits
         G = np.concatenate([piece.rows_weight, -piece.split_signs[:, None] * piece.splits_weight])
         h = np.concatenate([piece.rows_bias - slack, -piece.split_signs * piece.splits_bias])
-        centre, radius = (self.upper + self.lower) / 2, (self.upper - self.lower) / 2
-        t_low = float((G @ centre - np.abs(G) @ radius + h).max())
-        t_up = float((G @ centre + np.abs(G) @ radius + h).max())
-        relaxation = LinearRelaxation(
-            sparse.csr_matrix(np.hstack([G, -np.ones((G.shape[0], 1))])), np.full(G.shape[0], -np.inf), -h,
-            np.append(self.lower, t_low - RANGE_PAD * (1 + abs(t_low))),
-            np.append(self.upper, t_up + RANGE_PAD * (1 + abs(t_up))),
-            np.eye(1, G.shape[1] + 1, G.shape[1]).reshape(-1), self.lower.size)
-        bound, point = solve_relaxation(relaxation, time_limit)
+        bound, point = solve_relaxation(self._max_row_program(G, h, G.shape[0]), time_limit)
         if bound > 0:
             return PatternVerdict(True, bound)
+        rows = len(piece.rows_bias)
+        h_rows = h.copy()
+        h_rows[:rows] = piece.rows_bias - offsets.double().cpu().numpy()       # the rows without the thresholds
+        _, deepest = solve_relaxation(self._max_row_program(G, h_rows, rows),
+                                      time_limit - (time.monotonic() - started))
+        point = deepest if deepest is not None else point
         if point is None:
             return PatternVerdict(False, bound)
         point = np.clip(point, self.lower, self.upper)
-        return PatternVerdict(False, bound, point, float((G @ point + h).max()))
+        return PatternVerdict(False, bound, point, float((G[:rows] @ point + h_rows[:rows]).max()))
+
+    def _max_row_program(self, G: np.ndarray, h: np.ndarray, with_t: int) -> LinearRelaxation:
+        """``min t`` over the box with ``G_k·x + h_k <= t`` for the first ``with_t`` constraints and
+        ``G_k·x + h_k <= 0`` for the others; ``t`` gets finite interval bounds (needed by the sound bound)."""
+        centre, radius = (self.upper + self.lower) / 2, (self.upper - self.lower) / 2
+        low, up = G[:with_t] @ centre - np.abs(G[:with_t]) @ radius + h[:with_t], \
+            G[:with_t] @ centre + np.abs(G[:with_t]) @ radius + h[:with_t]
+        t_low, t_up = float(low.max()), float(up.max())
+        t_column = -np.concatenate([np.ones(with_t), np.zeros(G.shape[0] - with_t)])[:, None]
+        return LinearRelaxation(
+            sparse.csr_matrix(np.hstack([G, t_column])), np.full(G.shape[0], -np.inf), -h,
+            np.append(self.lower, t_low - RANGE_PAD * (1 + abs(t_low))),
+            np.append(self.upper, t_up + RANGE_PAD * (1 + abs(t_up))),
+            np.eye(1, G.shape[1] + 1, G.shape[1]).reshape(-1), self.lower.size)

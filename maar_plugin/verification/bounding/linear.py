@@ -19,14 +19,15 @@ CROWN, α-CROWN with intermediate bounds in patches mode) stay auto_LiRPA's, and
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maar_plugin.bounds.layers import conv2d_backward, relu_relaxation
 from maar_plugin.errors import MaarError
-from maar_plugin.verification.graph import AFFINE_MODULES, Add, LayerGraph, Sub
+from maar_plugin.verification.network.layers import AFFINE_MODULES, Add, LayerGraph, Sub
 
 
 @dataclass
@@ -85,7 +86,7 @@ class SplitBoundEngine:
         ReLU node to (l, u) [B, *shape] of its input, split neurons already clamped at 0. ``alphas``
         (lower-relaxation slopes) and ``betas`` (≥ 0) are [R, B, *shape] per ReLU; ``split_signs``
         [B, *shape] per ReLU: +1 active split, −1 inactive split, 0 none. Without ``alphas`` the slope
-        is CROWN's (1 where u ≥ −l, else 0). Nodes after ``start`` are ignored.
+        is CROWN's (:func:`~maar_plugin.bounds.layers.adaptive_lower_slope`). Nodes after ``start`` are ignored.
         """
         nodes = self.graph.nodes
         start = len(nodes) - 1 if start is None else start
@@ -146,24 +147,12 @@ class SplitBoundEngine:
         return bounds
 
 
-def crown_slopes(lower: Tensor, upper: Tensor) -> Tensor:
-    """CROWN's lower-relaxation slope of an unstable ReLU: 1 where u ≥ −l, else 0 (Zhang et al. 2018)."""
-    return (upper >= -lower).to(lower.dtype)
-
-
 def _relu_backward(A: Tensor, l: Tensor, u: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
     """Coefficients on the ReLU's input and the constant term, for a lower bound of ``A · relu(z)``."""
-    active = l >= 0
-    unstable = (l < 0) & (u > 0)
-    width = torch.where(unstable, u - l, torch.ones_like(u))
-    upper_slope = torch.where(unstable, u / width, active.to(u.dtype))
-    upper_intercept = torch.where(unstable, -u * l / width, torch.zeros_like(u))
-    default = crown_slopes(l, u)
-    slope = default if alpha is None else alpha
-    lower_slope = torch.where(unstable, slope, active.to(u.dtype))
+    relaxation = relu_relaxation(l, u, alpha)
     A_positive, A_negative = A.clamp(min=0), A.clamp(max=0)
-    A_in = A_positive * lower_slope + A_negative * upper_slope
-    bias = (A_negative * upper_intercept).flatten(2).sum(-1)
+    A_in = A_positive * relaxation.lower_slope + A_negative * relaxation.upper_slope
+    bias = (A_negative * relaxation.upper_intercept).flatten(2).sum(-1)
     return A_in, bias
 
 
@@ -174,24 +163,12 @@ def _transpose(module: nn.Module, A: Tensor, source_shape: tuple[int, ...]) -> T
     if isinstance(module, nn.Linear):
         result = flat @ module.weight
     elif isinstance(module, nn.Conv2d):
-        result = _conv_transpose(module, flat, source_shape)
+        result = conv2d_backward(module, flat, source_shape[1:])
     else:
         with torch.enable_grad():
             probe = torch.zeros(rows * batch, *source_shape, dtype=A.dtype, device=A.device, requires_grad=True)
             (result,) = torch.autograd.grad(module(probe), probe, flat, create_graph=flat.requires_grad)
     return result.reshape(rows, batch, *source_shape)
-
-
-def _conv_transpose(conv: nn.Conv2d, flat: Tensor, source_shape: tuple[int, ...]) -> Tensor:
-    if isinstance(conv.padding, str):
-        raise MaarError("convolutions with string padding are not supported")
-    output_padding = []
-    for axis in range(2):
-        size = (flat.shape[2 + axis] - 1) * conv.stride[axis] - 2 * conv.padding[axis] \
-            + conv.dilation[axis] * (conv.kernel_size[axis] - 1) + 1
-        output_padding.append(source_shape[1 + axis] - size)
-    return F.conv_transpose2d(flat, conv.weight, None, conv.stride, conv.padding, tuple(output_padding),
-                              conv.groups, conv.dilation)
 
 
 def _accumulate(coefficients: dict[int, Tensor], index: int, A: Tensor) -> None:
@@ -200,8 +177,6 @@ def _accumulate(coefficients: dict[int, Tensor], index: int, A: Tensor) -> None:
 
 def _copy_to(graph: LayerGraph, dtype: torch.dtype, device: str | torch.device) -> LayerGraph:
     """A frozen copy of the graph in ``dtype`` on ``device`` (the caller's graph is left as it is)."""
-    import copy
-
     clone = copy.deepcopy(graph).to(device=device, dtype=dtype).eval()
     clone.requires_grad_(False)
     return clone

@@ -1,4 +1,4 @@
-"""Convert an ONNX model into a :class:`~maar_plugin.verification.graph.LayerGraph` of torch layers.
+"""Convert an ONNX model into a :class:`~maar_plugin.verification.network.layers.LayerGraph` of torch layers.
 
 One pass over the (topologically sorted) ONNX nodes: a Conv becomes an ``nn.Conv2d``, a Gemm an
 ``nn.Linear``, so memory grows with the parameters. Constant subgraphs (``Shape → Gather → Concat →
@@ -32,7 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from maar_plugin.errors import MaarError
-from maar_plugin.verification.graph import Add, ElementwiseAffine, GraphNode, LayerGraph, Reshape, Sub, Transpose
+from maar_plugin.verification.network.layers import (
+    Add,
+    ElementwiseAffine,
+    GraphNode,
+    LayerGraph,
+    Reshape,
+    Sub,
+    Transpose,
+)
 
 MAX_DIAGONAL_LINEAR = 4096
 _PASS_THROUGH = {"Identity", "Dropout"}
@@ -585,9 +593,9 @@ class _Builder:
             base = self.nodes[base].inputs[0]      # a reshape keeps the data order: fold through it
         layer, shape = self.nodes[base].module, self.nodes[base].shape
         if consumers[base] == 1 and consumers[node.inputs[0]] == 1 and (
-                isinstance(layer, nn.Linear) and len(shape) == 1
-                or isinstance(layer, nn.Conv2d) and _constant_over_space(scale.reshape(shape))
-                and (shift is None or _constant_over_space(shift.reshape(shape)))):
+                (isinstance(layer, nn.Linear) and len(shape) == 1)
+                or (isinstance(layer, nn.Conv2d) and _constant_over_space(scale.reshape(shape))
+                and (shift is None or _constant_over_space(shift.reshape(shape))))):
             _fold_into(layer, scale.reshape(shape), None if shift is None else shift.reshape(shape))
             return node.inputs[0]
         if bool((scale == 1).all()) and (shift is None or bool((shift == 0).all())):

@@ -24,20 +24,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import torch
 import yaml
 
 from maar_plugin.atomic import atomic_write_text
+from maar_plugin.devices import resolve_device
 from maar_plugin.errors import MaarError
 from maar_plugin.export.abcrown import abcrown_config
-from maar_plugin.verification.abcrown_output import Banner, Outcome, parse_assignment, parse_line, verdict_of
-from maar_plugin.verification.batch import Instance, Pending
-from maar_plugin.verification.cascade import VerifyOptions
-from maar_plugin.verification.counterexample import OnnxRuntimeModel, confirmed_counterexample
+from maar_plugin.verification.abcrown.output import Banner, Outcome, parse_assignment, parse_line, verdict_of
+from maar_plugin.verification.instances import Instance, Pending
+from maar_plugin.verification.network.runtime import OnnxRuntimeModel, confirmed_counterexample
+from maar_plugin.verification.options import VerifyOptions
 from maar_plugin.verification.result import ABCROWN_STAGE, InstanceResult
 from maar_plugin.vnnlib.reader import read_vnnlib_cases
 
@@ -93,7 +95,7 @@ class AbcrownVerifier:
         for item in retry:
             yield from self._batch([item], work, options, checker, None)
 
-    def _batch(self, batch: list[Pending], work: Path, options: VerifyOptions, checker: "_CounterexampleChecker",
+    def _batch(self, batch: list[Pending], work: Path, options: VerifyOptions, checker: _CounterexampleChecker,
                retry: list[Pending] | None) -> Iterator[tuple[int, InstanceResult]]:
         """All of ``batch``, in as many processes as crashes and overruns take. A ``sat`` whose counterexample
         fails goes to ``retry`` (None: it is final, ``unknown``)."""
@@ -135,7 +137,8 @@ class _Process:
         self.counterexample_path.unlink(missing_ok=True)
         csv_path, config_path = self.work / "instances.csv", self.work / "config.yaml"
         atomic_write_text(csv_path, _csv_text(self.batch, self.options))
-        config = run_config(self.verifier.config, csv_path, self.work, self.options.device, self.options.timeout)
+        config = run_config(self.verifier.config, csv_path, self.work, resolve_device(self.options.device).type,
+                            self.options.timeout)
         atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False))
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
         threads = str(torch.get_num_threads())

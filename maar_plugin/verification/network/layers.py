@@ -12,7 +12,7 @@ Modules a node may hold (the converter emits nothing else):
   in), ``nn.AvgPool2d``, :class:`Reshape`, :class:`Transpose`, :class:`ElementwiseAffine`;
 - affine in two inputs: :class:`Add`, :class:`Sub` (residual connections);
 - piecewise linear: ``nn.ReLU`` only. A MaxPool is rewritten exactly into one-hot convolutions and
-  ``max(a, b) = a + relu(b − a)`` (see :mod:`maar_plugin.verification.onnx_graph`), so every bound
+  ``max(a, b) = a + relu(b − a)`` (see :mod:`maar_plugin.verification.network.onnx_import`), so every bound
   method and the branch-and-bound split only ReLUs.
 """
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""α,β-CROWN as a verification back end, and the reader of its YAML configs."""

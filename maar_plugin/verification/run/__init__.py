@@ -1,0 +1,1 @@
+"""Running and recording instances: the cascade, batches, shards, result files and tables."""

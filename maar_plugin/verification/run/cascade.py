@@ -1,0 +1,332 @@
+"""The verification cascade for one instance, cheapest stage first.
+
+centre point → IBP → PGD → CROWN → alpha-CROWN → BaB. Attacks look for a counterexample, which only
+counts once the reference model (onnxruntime on the original ONNX file) reproduces it, and aim at the
+disjuncts still open (IBP, ten times cheaper than PGD, goes first and refutes most); bound stages refute
+disjuncts (a disjunct ``C y <= d`` is empty when some row has lower bound of ``C_r y - d_r`` above a
+float32 tolerance). Then branch and bound decides what is left: on ReLU splits
+(:mod:`~maar_plugin.verification.search.bab`), from the bound stages' pre-activation bounds, or on the
+input box for networks with few inputs (:mod:`~maar_plugin.verification.search.input_split`).
+
+A property is unsat iff every disjunct of every input box is refuted, sat iff some point violates it.
+An unexpected failure is the verdict ``error`` with its traceback in the log, so that a batch goes on;
+``MAAR_DEBUG=1`` raises it instead.
+"""
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch._dynamo
+
+from maar_plugin.attacks import pgd_maximize
+from maar_plugin.bounds.lirpa import IntermediateBounds, failed_inside_lirpa
+from maar_plugin.errors import MaarError
+from maar_plugin.verification.bounding.lirpa_stages import Bounds, count_unstable, intersect, outward
+from maar_plugin.verification.instances import Pending
+from maar_plugin.verification.network.runtime import confirmed_counterexample
+from maar_plugin.verification.options import VerifyOptions
+from maar_plugin.verification.result import STAGES, InstanceResult, Stage, StageState, Verdict
+from maar_plugin.verification.run.models import LoadedModel, ModelCache
+from maar_plugin.verification.search.bab import BabProblem, BranchAndBound
+from maar_plugin.verification.search.input_split import InputSplitSearch
+from maar_plugin.vnnlib.property import VnnlibProperty
+from maar_plugin.vnnlib.reader import read_vnnlib_cases
+
+
+def debugging() -> bool:
+    """``MAAR_DEBUG=1``: unexpected failures are raised, not recorded."""
+    return os.environ.get("MAAR_DEBUG", "") not in ("", "0")
+
+
+@dataclass
+class _Case:
+    """One input box of the property and what the cascade knows about its disjuncts."""
+
+    prop: VnnlibProperty
+    refuted: np.ndarray
+    undecided: list[str] = field(default_factory=list)
+    preactivation: Bounds | None = None
+    crown_intermediate: IntermediateBounds | None = None
+    bab_note: str = ""
+    failure: str = ""
+    counterexample: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def proved(self) -> bool:
+        return bool(self.refuted.all())
+
+    def open_disjuncts(self) -> list[int]:
+        return [i for i, refuted in enumerate(self.refuted) if not refuted]
+
+
+PGD_NEURON_BUDGET = 2_000_000  # ReLU outputs per PGD step (batch × the network's ReLU neurons), see Cascade.attack
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+class Cascade:
+    """Runs the stages on the cases of one instance until they are decided or time runs out."""
+
+    def __init__(self, model: LoadedModel, cases: list[VnnlibProperty], options: VerifyOptions, deadline: float):
+        self.model = model
+        self.options = options
+        self.deadline = deadline
+        self.cases = [_Case(prop, np.zeros(len(prop.unsafe), dtype=bool)) for prop in cases]
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def state(self) -> StageState:
+        if any(case.counterexample is not None for case in self.cases):
+            return "falsified"
+        return "proved" if all(case.proved for case in self.cases) else "open"
+
+    def open_cases(self) -> list[_Case]:
+        return [case for case in self.cases if not case.proved]
+
+    def run_stage(self, stage: Stage) -> None:
+        runs: dict[Stage, Callable[[], None]] = {
+            "centre": self.try_centres, "IBP": lambda: self.bound_all("IBP"), "pgd": self.attack_all,
+            "CROWN": lambda: self.bound_all("CROWN"), "alpha-CROWN": lambda: self.bound_all("alpha-CROWN"),
+            "BaB": self.branch_all}
+        runs[stage]()
+
+    def try_centres(self) -> None:
+        for case in self.open_cases():
+            self.try_counterexample(case, (case.prop.input_lower + case.prop.input_upper) / 2)
+
+    def attack_all(self) -> None:
+        for case in self.open_cases():
+            self.attack(case)
+
+    def bound_all(self, method: Stage) -> None:
+        if method == "alpha-CROWN" and not self.model.bound_stages.full_crown:
+            return      # auto_LiRPA 0.3 allocates α for every pair of ReLUs: too large where full CROWN is
+        for case in self.open_cases():
+            self.bound(case, method)
+
+    def branch_all(self) -> None:
+        for case in self.open_cases():
+            self.branch(case)
+            if case.counterexample is not None:
+                return
+
+    def try_counterexample(self, case: _Case, candidate: np.ndarray) -> bool:
+        found = confirmed_counterexample(self.model.runtime, case.prop, candidate)
+        if found is not None:
+            case.counterexample = found
+        return found is not None
+
+    def attack(self, case: _Case, start: np.ndarray | torch.Tensor | None = None, steps: int | None = None,
+               disjuncts: list[int] | None = None, restarts: int | None = None) -> bool:
+        """PGD towards each of ``disjuncts`` (default: the open ones) at once: one batch element per restart
+        and disjunct, each maximising its own disjunct's smallest row slack ``d - C y`` (a gradient through
+        a max over disjuncts would only ever pull towards one of them). On large networks the batch is cut
+        to ``PGD_NEURON_BUDGET`` ReLU evaluations per step (at least one element per disjunct, targets
+        taken in turn). Steps start at a quarter of the box's half-width and
+        shrink by 1 % a step (as α,β-CROWN's attack)."""
+        disjuncts = case.open_disjuncts() if disjuncts is None else disjuncts
+        rows, offsets, owners = _stacked_rows(case.prop, disjuncts)
+        device = self.model.bound_stages.device
+        C = torch.as_tensor(rows, dtype=torch.float32, device=device)
+        d = torch.as_tensor(offsets, dtype=torch.float32, device=device)
+        owner = torch.as_tensor(owners, device=device)
+        restarts = self.options.pgd_restarts if restarts is None else restarts
+        # Row mask [D, rows]: the rows of each target disjunct; an element's value is its target's min slack.
+        mask = owner[None, :] == torch.as_tensor(disjuncts, device=device)[:, None]
+        affordable = PGD_NEURON_BUDGET // max(1, self.model.graph.relu_neurons())
+        batch = min(restarts * len(disjuncts), max(affordable, len(disjuncts)))
+        target = torch.arange(batch, device=device) % len(disjuncts)
+
+        def violation(outputs: torch.Tensor) -> torch.Tensor:
+            slack = d - outputs @ C.T
+            return slack.masked_fill(~mask[target], torch.inf).min(dim=1).values
+
+        lower = torch.as_tensor(case.prop.input_lower, dtype=torch.float32, device=device).reshape(1, -1)
+        upper = torch.as_tensor(case.prop.input_upper, dtype=torch.float32, device=device).reshape(1, -1)
+        lower, upper = lower.expand(len(target), -1), upper.expand(len(target), -1)
+        starts = lower + torch.rand_like(lower) * (upper - lower)
+        if start is not None:
+            starts[: len(disjuncts)] = torch.as_tensor(start, dtype=torch.float32, device=device).reshape(1, -1)
+        best = pgd_maximize(self.model.bound_stages.model, lower, upper, violation,
+                            steps=self.options.pgd_steps if steps is None else steps, restarts=1, start=starts,
+                            step_size=(upper - lower) / 8, step_decay=0.99, stop_above=1e-3)
+        with torch.no_grad():
+            scores = violation(self.model.bound_stages.model(best))
+        for index in torch.argsort(scores, descending=True)[:3]:
+            if self.try_counterexample(case, best[int(index)].double().cpu().numpy().reshape(-1)):
+                return True
+        return False
+
+    def bound(self, case: _Case, method: str) -> None:
+        open_disjuncts = case.open_disjuncts()
+        rows, offsets, owners = _stacked_rows(case.prop, open_disjuncts)
+        stages = self.model.bound_stages
+        intermediate = case.crown_intermediate if method == "alpha-CROWN" else None
+        try:
+            margins = stages.spec_lower_bounds(case.prop.input_lower, case.prop.input_upper, rows, method,
+                                               intermediate) - offsets
+        except Exception as error:
+            if debugging() or not failed_inside_lirpa(error):
+                raise
+            case.undecided.append(f"auto_LiRPA's {method} failed on this network ({type(error).__name__}: "
+                                  f"{str(error).splitlines()[0] if str(error) else ''})")
+            case.failure = case.failure or traceback.format_exc()
+            return
+        if method == "CROWN":
+            case.crown_intermediate = stages.intermediate_bounds()
+        thresholds = self.options.tolerance * (1 + np.abs(offsets))
+        for disjunct in open_disjuncts:
+            if np.any((margins > thresholds)[owners == disjunct]):
+                case.refuted[disjunct] = True
+        case.preactivation = intersect(case.preactivation, stages.preactivation_bounds())
+
+    def branch(self, case: _Case) -> None:
+        """Batched branch and bound over the case's open disjuncts, from its pre-activation bounds."""
+        open_disjuncts = case.open_disjuncts()
+        rows = max(len(case.prop.unsafe[j].bounds) for j in open_disjuncts)
+
+        def padded(values: np.ndarray) -> np.ndarray:          # repeat the first row up to ``rows``
+            return np.concatenate([values, np.repeat(values[:1], rows - len(values), axis=0)])
+
+        C = np.stack([padded(case.prop.unsafe[j].coefficients) for j in open_disjuncts])
+        offsets = np.stack([padded(case.prop.unsafe[j].bounds) for j in open_disjuncts])
+        thresholds = np.stack([np.full(rows, self.tolerance(j, case)) for j in open_disjuncts])
+        graph = self.model.graph
+        relu_bounds = {relu: tuple(torch.as_tensor(bound, dtype=torch.float32).reshape(graph.nodes[relu].shape)
+                                   for bound in pair)
+                       for relu, pair in zip(graph.relu_indices(), self.preactivation(case))}
+        problem = BabProblem(torch.as_tensor(C, dtype=torch.float32), torch.as_tensor(offsets, dtype=torch.float32),
+                             torch.as_tensor(thresholds, dtype=torch.float32),
+                             torch.as_tensor(outward(case.prop.input_lower, -1)),
+                             torch.as_tensor(outward(case.prop.input_upper, 1)), relu_bounds)
+
+        def confirm(points: torch.Tensor) -> torch.Tensor | None:
+            for point in points:
+                if self.try_counterexample(case, point.double().cpu().numpy()):
+                    return point
+            return None
+
+        def attack(points: torch.Tensor) -> torch.Tensor | None:
+            return points[0] if self.attack(case, start=points[0], steps=20, restarts=1) else None
+
+        options, memory = self.options.bab, self.model.memory
+        if graph.num_inputs <= options.input_split_max_inputs:
+            search = InputSplitSearch(self.model.bound_stages, self.model.engine(), problem, options, memory, confirm)
+        else:
+            search = BranchAndBound(self.model.engine(), problem, options, memory, confirm, attack)
+        outcome = search.run(self.deadline)
+        if outcome.status == "proved":
+            case.refuted[open_disjuncts] = True
+        elif outcome.status == "timeout":
+            raise _OutOfTime
+        elif outcome.status == "unknown":
+            case.bab_note = f"branch and bound: {outcome.message}"
+
+    def preactivation(self, case: _Case) -> Bounds:
+        """The case's ReLU input bounds, from IBP if no bound stage has run yet."""
+        if case.preactivation is None:
+            self.bound(case, "IBP")
+        if case.preactivation is None:      # auto_LiRPA's IBP failed on this network
+            raise MaarError("no bound stage could bound this network's ReLU inputs; see the log's traceback")
+        return case.preactivation
+
+    def tolerance(self, disjunct: int, case: _Case) -> float:
+        """The margin a disjunct's lower bound must exceed to count as refuted (see VerifyOptions)."""
+        bounds = case.prop.unsafe[disjunct].bounds
+        return self.options.tolerance * (1 + float(np.max(np.abs(bounds), initial=0.0)))
+
+    def unstable_relus(self) -> int | None:
+        counts = [count_unstable(case.preactivation) for case in self.cases if case.preactivation is not None]
+        return sum(counts) if counts else None
+
+
+def _stacked_rows(prop: VnnlibProperty, disjuncts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All rows of the given disjuncts as one spec matrix, their offsets and the disjunct of each row."""
+    rows = np.concatenate([prop.unsafe[j].coefficients for j in disjuncts]).astype(np.float64)
+    offsets = np.concatenate([prop.unsafe[j].bounds for j in disjuncts]).astype(np.float64)
+    owners = np.concatenate([np.full(len(prop.unsafe[j].bounds), j) for j in disjuncts])
+    return rows, offsets, owners
+
+
+def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float | None = None,
+                    options: VerifyOptions | None = None, cache: ModelCache | None = None,
+                    instance: str | None = None) -> InstanceResult:
+    """Verify one VNN-LIB property of one ONNX network. Bad input (a one-line MaarError) and unexpected
+    failures (with their traceback) give the verdict ``error``, never an exception (but see ``MAAR_DEBUG``)."""
+    options = options or VerifyOptions()
+    cache = cache or ModelCache(options)
+    timeout = options.timeout if timeout is None else float(timeout)
+    started = time.monotonic()
+    result = InstanceResult(instance or f"{Path(onnx_path).stem}__{Path(vnnlib_path).stem}",
+                            str(onnx_path), str(vnnlib_path), verdict="unknown", timeout=timeout)
+    try:
+        model = cache.get(onnx_path)
+        cases = read_vnnlib_cases(vnnlib_path, model.graph.num_inputs, model.graph.num_outputs)
+        return verify_cases(model, cases, options, result, started)
+    except MaarError as error:
+        result.verdict, result.message = "error", str(error)
+    except Exception as error:  # a bug or a library failure on one instance must not stop the batch
+        if debugging():
+            raise
+        result.verdict, result.message = "error", f"{type(error).__name__}: {error}".splitlines()[0]
+        result.traceback = traceback.format_exc()
+    result.seconds = round(time.monotonic() - started, 4)
+    return result
+
+
+def verify_cases(model: LoadedModel, cases: list[VnnlibProperty], options: VerifyOptions, result: InstanceResult,
+                 started: float) -> InstanceResult:
+    """Run the cascade on the input boxes of one property until they are decided or ``result.timeout``
+    seconds after ``started`` have passed; fills in and returns ``result``."""
+    torch.manual_seed(options.seed)
+    cascade = Cascade(model, cases, options, started + (result.timeout or options.timeout))
+    verdict: Verdict = "unknown"
+    for stage in STAGES:
+        if cascade.remaining() <= 0:
+            verdict = "timeout"
+            break
+        stage_started = time.monotonic()
+        try:
+            cascade.run_stage(stage)
+        except _OutOfTime:
+            verdict = "timeout"
+        result.stage_seconds[stage] = round(time.monotonic() - stage_started, 4)
+        state = cascade.state()
+        result.stage_verdicts[stage] = state
+        if state != "open":
+            result.stage = stage
+            verdict = "sat" if state == "falsified" else "unsat"
+            break
+        if verdict == "timeout":
+            break
+    result.verdict = verdict
+    result.unstable_relus = cascade.unstable_relus()
+    result.counterexample = next((c.counterexample for c in cascade.cases if c.counterexample is not None), None)
+    notes = [note for case in cascade.cases for note in case.undecided]
+    if verdict not in ("sat", "unsat"):
+        notes += [case.bab_note for case in cascade.cases if case.bab_note]
+    result.message = "; ".join(notes)
+    result.traceback = next((case.failure for case in cascade.cases if case.failure), "")
+    result.seconds = round(time.monotonic() - started, 4)
+    return result
+
+
+class CascadeVerifier:
+    """The cascade as a batch's verifier (:func:`~maar_plugin.verification.run.batch.verify_instances`):
+    one model cache for the batch, every instance verified by :func:`verify_instance`."""
+
+    def results(self, pending: list[Pending], out_dir: Path, options: VerifyOptions, tag: str = ""
+                ) -> Iterator[tuple[int, InstanceResult]]:
+        cache = ModelCache(options)
+        for index, name, instance in pending:
+            yield index, verify_instance(instance.onnx, instance.vnnlib, instance.timeout, options, cache, name)
