@@ -29,7 +29,9 @@ class OnnxClassifier:
         import onnxruntime
 
         if not Path(path).is_file():
-            raise MaarError(f"ONNX file {str(path)!r} not found")
+            hint = "" if Path(path).is_absolute() else " (a relative path as the verify run recorded it: run the " \
+                                                        "report in the folder the verification ran in)"
+            raise MaarError(f"ONNX file {str(path)!r} not found{hint}")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = 1
         options.log_severity_level = 3

@@ -40,10 +40,14 @@ def stage_funnel(results: list[InstanceResult]) -> list[FunnelStage]:
 
 
 def plot_funnel(funnels: list[tuple[str, list[FunnelStage]]]) -> bytes:
-    """PNG of one horizontal funnel per (label, stages): a grey bar per stage for the instances that entered
-    it, green and orange inside it for those proved and falsified there."""
+    """PNG of one horizontal funnel per (label, stages), side by side on the same rows (every stage any of them
+    ran): a grey bar per stage for the instances that entered it, green and orange inside it for those proved
+    and falsified there."""
     plt = pyplot()
-    rows = max([len(stages) for _, stages in funnels] + [1])
+    names = [stage for stage in STAGES if any(s.stage == stage for _, stages in funnels for s in stages)]
+    funnels = [(label, [next((s for s in stages if s.stage == name), FunnelStage(name, 0, 0, 0)) for name in names])
+               for label, stages in funnels]
+    rows = max(len(names), 1)
     figure, axes_row = plt.subplots(1, max(1, len(funnels)), figsize=(5.5 * max(1, len(funnels)), 0.55 * rows + 1.6),
                                     squeeze=False)
     for axes, (label, stages) in zip(axes_row[0], funnels):

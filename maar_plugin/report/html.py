@@ -33,6 +33,8 @@ tr.contradiction td { background: #f8c9c9; font-weight: bold; }
 pre { background: #f7f7f7; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 img { max-width: 100%; height: auto; }
 figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #444; }
+.gallery { display: flex; flex-wrap: wrap; gap: 0 2%; } .gallery figure { width: 49%; margin: 0.6em 0; }
+td.verdict { white-space: nowrap; }
 .muted { color: #666; font-size: 0.9em; }
 """
 
@@ -85,7 +87,7 @@ def instance_table_html(report: Report) -> str:
     lines = []
     for position, row in enumerate(aligned_rows(report.sources), start=1):
         verdicts = {result.verdict for result in row.results if result is not None}
-        css = "contradiction" if row.contradiction else ("differs" if len(verdicts) > 1 or None in row.results else "")
+        css = "contradiction" if row.contradiction else ("differs" if len(verdicts) > 1 else "")
         cells = [f'<td data-sort="{position}">{position}</td>', f'<td class="name">{escape(row.instance)}</td>']
         for result in row.results:
             if result is None:
@@ -93,7 +95,7 @@ def instance_table_html(report: Report) -> str:
                 continue
             stage = f" <small>{escape(result.stage)}</small>" if result.stage else ""
             title = escape(" ".join(filter(None, [result.stage and f"stage {result.stage}", result.message])))
-            cells += [f'<td class="v-{escape(result.verdict)}" data-sort="{escape(result.verdict)}" title="{title}">'
+            cells += [f'<td class="verdict v-{escape(result.verdict)}" data-sort="{escape(result.verdict)}" title="{title}">'
                       f"{escape(result.verdict)}{stage}</td>",
                       f'<td data-sort="{result.seconds!r}">{result.seconds:.3f}</td>']
         lines.append(f'<tr class="{css}">' + "".join(cells) + "</tr>")
@@ -121,10 +123,10 @@ def html_page(report: Report, title: str = "Verification report") -> str:
         parts.append("</section>")
     parts += ['<section id="instances"><h2>Per instance</h2>',
               "<p class=muted>Click a header to sort. Red rows: one source says sat, another unsat; "
-              "yellow rows: the verdicts differ otherwise.</p>", instance_table_html(report), "</section>"]
+              "yellow rows: the verdicts differ otherwise (a source without the instance aside).</p>", instance_table_html(report), "</section>"]
     if report.counterexamples or report.notes:
         parts.append('<section id="counterexamples"><h2>Counterexamples</h2>')
-        parts += [_figure(figure) for figure in report.counterexamples]
+        parts.append('<div class="gallery">' + "".join(_figure(figure) for figure in report.counterexamples) + "</div>")
         if not report.counterexamples:
             parts.append("<p class=muted>No counterexample on an image input to draw.</p>")
         if report.notes:

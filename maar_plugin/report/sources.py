@@ -1,10 +1,11 @@
 """The result folders a report covers, read as one :class:`ResultSource` per verifier.
 
-A ``maar verify`` / ``maar certify`` folder (``log.jsonl``, ``results/<instance>.txt``; also with
-``--verifier abcrown``) is one source. A side-by-side folder of ``benchmarks/verifier_comparison.py``
-(``comparison.json`` or ``comparison.csv``, with ``maar/`` and ``abcrown/`` where its runs were kept) is two:
-ours and α,β-CROWN's. The ``sat`` results carry their counterexample (x, y) from the result file, and the
-ONNX / VNN-LIB paths are resolved to files that exist where they can be found.
+A ``maar verify`` folder (``log.jsonl``, ``results/<instance>.txt``; also with ``--verifier abcrown``) is
+one source, and so is a ``maar certify`` folder (its ``verification/`` folder). A side-by-side folder of
+``benchmarks/verifier_comparison.py`` (``comparison.json`` or ``comparison.csv``, with ``maar/`` and
+``abcrown/`` where its runs were kept) is two: ours and α,β-CROWN's. The ``sat`` results carry their
+counterexample (x, y) from the result file, and the ONNX / VNN-LIB paths are resolved to files that exist
+where they can be found.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from maar_plugin.verification import STAGES, InstanceResult, read_log
 COMPARISON_JSON = "comparison.json"
 COMPARISON_CSV = "comparison.csv"
 COMPARISON_TOOLS = ("maar", "abcrown")
+CERTIFY_RESULTS = "verification"  # where `maar certify --out DIR` verifies into
 _ASSIGNMENT = re.compile(r"\(\s*([XY])_(\d+)\s+([^\s()]+)\s*\)")
 
 
@@ -170,6 +172,8 @@ def read_sources(folders: list[str | Path]) -> list[ResultSource]:
             raise MaarError(f"{path}: not a folder")
         if is_comparison_folder(path):
             sources.extend(read_comparison_folder(path, label))
+        elif not read_log(path) and (path / CERTIFY_RESULTS).is_dir():  # a `maar certify --out` folder
+            sources.append(read_verify_folder(path / CERTIFY_RESULTS, label))
         else:
             sources.append(read_verify_folder(path, label))
     return sources
