@@ -17,7 +17,7 @@ from torch import nn
 
 from conftest import write_tiny_benchmark
 from maar_plugin.cli import cli
-from maar_plugin.report import (aligned_rows, build_report, cactus_line, clean_input, counterexample_view,
+from maar_plugin.report import (ResultSource, aligned_rows, build_report, cactus_line, clean_input, counterexample_view,
                                 html_page, image_shape, plot_cactus, property_target, read_sources, stage_funnel)
 from maar_plugin.report.funnel import FunnelStage
 from maar_plugin.reproduce import PLAN_NAME
@@ -82,7 +82,7 @@ def test_stage_funnel_counts_entering_and_deciding_instances_per_stage():
 # ---- counterexamples ------------------------------------------------------------------------------------------------
 
 def mean_pixel_classifier() -> nn.Module:
-    """1×4×4 images → 3 logits (mean pixel m, 0.4, 0.7 − m): class 0 for m > 0.4, else 1 down to m = 0.3, then 2."""
+    """1×4×4 images → 3 logits (mean pixel m, 0.4, 0.7 − m): class 0 for m > 0.4, 1 down to m = 0.3, then 2."""
     conv = nn.Conv2d(1, 1, 4)
     linear = nn.Linear(1, 3)
     with torch.no_grad():
@@ -149,6 +149,16 @@ def test_image_shape_recognises_images_and_skips_other_inputs(tmp_path):
     flat = InstanceResult("x", str(tmp_path / "models" / "net.onnx"), str(specs / "always.vnnlib"), "sat",
                           counterexample=(np.full(3, 0.25), np.zeros(2)))
     assert counterexample_view(flat) is None
+
+
+def test_counterexamples_of_a_missing_model_are_left_out_with_one_note(image_instance):
+    adversarial = image_instance[3]
+    missing = [InstanceResult(f"img{i}", "gone/images.onnx", "img.vnnlib", "sat",
+                              counterexample=(adversarial, np.zeros(3))) for i in range(2)]
+    report = build_report([ResultSource("ours", missing, Path("."))])
+    assert report.counterexamples == []
+    assert report.notes == ["ours: 2 sat instances not drawn: ONNX file 'gone/images.onnx' not found (a relative path "
+                            "as the verify run recorded it: run the report in the folder the verification ran in)"]
 
 
 # ---- folders --------------------------------------------------------------------------------------------------------
@@ -234,8 +244,8 @@ def test_a_comparison_folder_takes_kept_runs_and_counterexamples_from_its_subfol
     folder = write_comparison(tmp_path / "cmp", [comparison_row("img0", ("sat", 8.0, 0.4, "pgd"),
                                                                 ("sat", 9.0, 0.6, None))])
     write_verify_folder(folder / "maar" / "img0", [InstanceResult(
-        "img0", str(onnx_path), str(vnnlib_path), "sat", "pgd", 0.4, stage_verdicts={"centre": "open", "pgd": "falsified"},
-        counterexample=(adversarial, np.zeros(3)))])
+        "img0", str(onnx_path), str(vnnlib_path), "sat", "pgd", 0.4,
+        stage_verdicts={"centre": "open", "pgd": "falsified"}, counterexample=(adversarial, np.zeros(3)))])
     (folder / "abcrown").mkdir()
     (folder / "abcrown" / "img0.yaml").write_text(json.dumps({"model": {"onnx_path": str(onnx_path)},
                                                              "specification": {"vnnlib_path": str(vnnlib_path)}}))
@@ -274,6 +284,9 @@ def test_html_page_is_self_contained_with_every_section_figure_and_row(tmp_path,
     assert re.search(r'<tr class="contradiction"><td data-sort="1">1</td><td class="name">img0</td>', body)
     assert '<th>ours verdict</th><th>ours s</th><th>theirs verdict</th><th>theirs s</th>' in body
     assert "1 sat-vs-unsat contradiction(s)" in page
+    capped = build_report(sources, max_counterexamples=0)
+    assert capped.counterexamples == [] and "ours: 1 sat instances not drawn: over the limit of 0 figures per source" \
+        in capped.notes
 
 
 def test_report_cli_over_two_folders_writes_figures_and_page(tmp_path, image_instance):

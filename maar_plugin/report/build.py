@@ -64,6 +64,7 @@ def counterexample_figures(sources: list[ResultSource], limit: int = DEFAULT_MAX
     for source in sources:
         found = [r for r in source.results if r.verdict == "sat"]
         drawn, unreadable, non_image, over_limit = 0, 0, 0, 0
+        failures: dict[str, int] = {}  # error message -> sat instances it kept from being drawn
         for result in found:
             if result.counterexample is None:
                 unreadable += 1
@@ -74,21 +75,22 @@ def counterexample_figures(sources: list[ResultSource], limit: int = DEFAULT_MAX
             try:
                 view = counterexample_view(result, _classifier(result.onnx, classifiers))
             except MaarError as error:
-                notes.append(f"{source.label}: {result.instance}: {error}")
+                failures[str(error)] = failures.get(str(error), 0) + 1
                 continue
             if view is None:
                 non_image += 1
                 continue
             prefix = "" if len(sources) == 1 else _file_safe(source.label) + "-"
             target = "?" if view.target is None else view.target
-            caption = (f"{source.label}: {result.instance} — target {target}, clean predicted {view.clean_prediction}, "
-                       f"adversarial predicted {view.adversarial_prediction}")
+            caption = (f"{source.label}: {result.instance} — target {target}, clean predicted "
+                       f"{view.clean_prediction}, adversarial predicted {view.adversarial_prediction}")
             figures.append(Figure(f"cex-{prefix}{_file_safe(result.instance)}.png",
                                   plot_counterexample(view, f"{source.label}: {result.instance}"), caption))
             drawn += 1
         for count, reason in ((unreadable, "no result file with an X/Y assignment"),
                               (non_image, "inputs that are not images"),
-                              (over_limit, f"over the limit of {limit} figures per source")):
+                              (over_limit, f"over the limit of {limit} figures per source"),
+                              *((count, message) for message, count in failures.items())):
             if count:
                 notes.append(f"{source.label}: {count} sat instances not drawn: {reason}")
     return figures, notes

@@ -38,6 +38,8 @@ def plot_cactus(lines: list[CactusLine], timeout: float | None = None) -> bytes:
     """PNG of the cactus plot, one line per verifier (legend: name, decided / instances); ``timeout``, if
     every instance had the same, as a dashed horizontal line."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = plt.subplots(figsize=(7.5, 4.5))
     for line in lines:
         times = [max(t, MIN_SECONDS) for t in line.times]
@@ -49,6 +51,7 @@ def plot_cactus(lines: list[CactusLine], timeout: float | None = None) -> bytes:
     axes.set_xlabel("instances decided (sat + unsat)")
     axes.set_ylabel("time per instance (s, sorted)")
     axes.set_xlim(0, max([line.total for line in lines] + [1]) + 0.5)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_title("Cactus plot: the k-th fastest decided instance")
     axes.grid(True, which="both", alpha=0.3)
     if lines or timeout:

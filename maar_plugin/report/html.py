@@ -95,8 +95,8 @@ def instance_table_html(report: Report) -> str:
                 continue
             stage = f" <small>{escape(result.stage)}</small>" if result.stage else ""
             title = escape(" ".join(filter(None, [result.stage and f"stage {result.stage}", result.message])))
-            cells += [f'<td class="verdict v-{escape(result.verdict)}" data-sort="{escape(result.verdict)}" title="{title}">'
-                      f"{escape(result.verdict)}{stage}</td>",
+            verdict = escape(result.verdict)
+            cells += [f'<td class="verdict v-{verdict}" data-sort="{verdict}" title="{title}">{verdict}{stage}</td>',
                       f'<td data-sort="{result.seconds!r}">{result.seconds:.3f}</td>']
         lines.append(f'<tr class="{css}">' + "".join(cells) + "</tr>")
     head = "".join(f"<th>{escape(cell)}</th>" for cell in headers)
@@ -123,7 +123,8 @@ def html_page(report: Report, title: str = "Verification report") -> str:
         parts.append("</section>")
     parts += ['<section id="instances"><h2>Per instance</h2>',
               "<p class=muted>Click a header to sort. Red rows: one source says sat, another unsat; "
-              "yellow rows: the verdicts differ otherwise (a source without the instance aside).</p>", instance_table_html(report), "</section>"]
+              "yellow rows: the verdicts differ otherwise (a source without the instance aside).</p>",
+              instance_table_html(report), "</section>"]
     if report.counterexamples or report.notes:
         parts.append('<section id="counterexamples"><h2>Counterexamples</h2>')
         parts.append('<div class="gallery">' + "".join(_figure(figure) for figure in report.counterexamples) + "</div>")
