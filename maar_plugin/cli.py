@@ -300,11 +300,11 @@ def report(results_dirs: tuple[str, ...], per_instance: bool, per_instance_alias
     from maar_plugin.report.sources import is_comparison_folder
 
     sources = read_sources(results_dirs)
-    merged = {folder: merge_summaries(folder) for folder in results_dirs if not is_comparison_folder(Path(folder))}
     click.echo(text_report(sources, per_instance or per_instance_alias))
     for source in sources:
-        if merged.get(str(source.folder)):
-            click.echo(f"shard logs merged: {len(source.results)} instances, written as {merged[str(source.folder)]}")
+        merged = None if is_comparison_folder(source.folder) else merge_summaries(source.folder)
+        if merged:
+            click.echo(f"shard logs merged: {len(source.results)} instances, written as {merged}")
     figures_dir = Path(out_dir) if out_dir else (Path(results_dirs[0]) / "report" if len(results_dirs) == 1 else None)
     if figures_dir is None and html_path is None:
         click.echo("figures: give --out DIR (or --html PAGE) to draw the cactus plot, funnel and counterexamples")
