@@ -270,22 +270,38 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
 
 
 @cli.command()
-@click.argument("results_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--instances", "per_instance", is_flag=True, help="also list every instance (`maar verify` folders)")
+@click.argument("results_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--per-instance", "per_instance", is_flag=True, help="also list every instance (verify and comparison "
+              "folders; several: side by side)")
+@click.option("--instances", "per_instance_alias", is_flag=True, hidden=True)  # the old name of --per-instance
 @click.option("--objectives", "rows", help="only these comma-separated rows of a `maar reproduce` folder (printed, not saved)")
-def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
-    """Summarise a results folder.
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="folder for the figures (cactus.png, funnel.png, cex-*.png)  [default: DIR/report for one folder]")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False),
+              help="also write one self-contained HTML page: tables, cactus plot, funnel, counterexamples")
+@click.option("--max-counterexamples", type=click.IntRange(min=0), default=12, show_default=True,
+              help="counterexample figures per verifier at most")
+def report(results_dirs: tuple[str, ...], per_instance: bool, per_instance_alias: bool, rows: str | None,
+           out_dir: str | None, html_path: str | None, max_counterexamples: int) -> None:
+    """Summarise one or several results folders.
 
     A `maar reproduce` folder gives the results table (mean ± std over seeds, MAAR minus its base),
-    also written as table.md and table.png in the folder; a `maar verify` folder gives proved /
-    falsified / open per stage and time per instance."""
+    also written as table.md and table.png in the folder. `maar verify` / `maar certify` folders and
+    side-by-side folders of benchmarks/verifier_comparison.py (two verifiers each) give proved /
+    falsified / open per stage and time per instance, and the figures: a cactus plot, the stage funnel
+    and the counterexamples on image inputs (into --out, default DIR/report for one folder); --html
+    puts them all into one page."""
     from pathlib import Path
 
     from maar_plugin.atomic import atomic_write_text
     from maar_plugin.reproduce import PLAN_NAME, markdown_report, plot_report
-    from maar_plugin.verification import instance_table, merge_summaries, read_log, stage_table
+    from maar_plugin.verification import merge_summaries
 
-    if (Path(results_dir) / PLAN_NAME).is_file():
+    reproduce_dirs = [folder for folder in results_dirs if (Path(folder) / PLAN_NAME).is_file()]
+    if reproduce_dirs and len(results_dirs) > 1:
+        raise MaarError(f"{reproduce_dirs[0]}: a `maar reproduce` folder is reported on its own")
+    if reproduce_dirs:
+        (results_dir,) = results_dirs
         if rows:
             click.echo(markdown_report(results_dir, rows.split(",")), nl=False)
             return
@@ -295,16 +311,29 @@ def report(results_dir: str, per_instance: bool, rows: str | None) -> None:
         click.echo(markdown, nl=False)
         click.echo(f"\nwritten: {Path(results_dir) / 'table.md'} and {Path(results_dir) / 'table.png'}")
         return
-    results = read_log(results_dir)
-    if not results:
-        raise MaarError(f"{results_dir}: no log.jsonl records (is this a `maar verify --out` folder?)")
-    merged = merge_summaries(results_dir)
-    if per_instance:
-        click.echo(instance_table(results))
-        click.echo()
-    click.echo(stage_table(results))
-    if merged:
-        click.echo(f"shard logs merged: {len(results)} instances, written as {merged}")
+    from maar_plugin.report import build_report, html_page, read_sources, text_report, write_figures
+    from maar_plugin.report.sources import is_comparison_folder
+
+    sources = read_sources(results_dirs)
+    click.echo(text_report(sources, per_instance or per_instance_alias))
+    for source in sources:
+        merged = None if is_comparison_folder(source.folder) else merge_summaries(source.folder)
+        if merged:
+            click.echo(f"shard logs merged: {len(source.results)} instances, written as {merged}")
+    figures_dir = Path(out_dir) if out_dir else (Path(results_dirs[0]) / "report" if len(results_dirs) == 1 else None)
+    if figures_dir is None and html_path is None:
+        click.echo("figures: give --out DIR (or --html PAGE) to draw the cactus plot, funnel and counterexamples")
+        return
+    built = build_report(sources, max_counterexamples)
+    for note in built.notes:
+        click.echo(f"note: {note}", err=True)
+    if figures_dir is not None:
+        paths = write_figures(built, figures_dir)
+        click.echo(f"figures in {figures_dir}: {', '.join(path.name for path in paths[:2])}"
+                   + (f" and {len(paths) - 2} counterexample figures (cex-*.png)" if len(paths) > 2 else ""))
+    if html_path is not None:
+        atomic_write_text(html_path, html_page(built))
+        click.echo(f"page: {html_path}")
 
 
 @cli.command("reproduce")
