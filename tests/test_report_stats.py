@@ -197,3 +197,11 @@ def test_cli_report_writes_the_paired_table(folder):
     result = CliRunner().invoke(cli, ["report", str(folder)])
     assert result.exit_code == 0, result.output
     assert "| Δ complete-certified |" in (folder / "table.md").read_text()
+
+
+def test_caption_and_open_column_give_the_certified_counts_where_runs_differ(folder):
+    path = folder / "certify" / "ibp-s0" / "certified_accuracy.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "count": 100}))
+    report = markdown_report(folder)
+    assert "on the first 100 or 200 (the runs differ" in report
+    assert "| 6 (of 100/200 images per seed) |" in report.split("| ibp | 0,1,2 |")[1].splitlines()[0]

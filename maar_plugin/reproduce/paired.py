@@ -114,19 +114,20 @@ def by_image_markdown(comparisons: list[ImageComparison]) -> list[str]:
     """The report's section on MAAR minus its base paired by seed and image (no lines without pairs)."""
     if not comparisons:
         return []
-    lines = ["", f"MAAR minus its base, paired by seed and image (percentage points). Δ: mean over seeds of the "
-             f"accuracy difference on the same images, with a {LEVEL:.0%} interval from a paired bootstrap "
-             f"({RESAMPLES:,} resamples of the seeds and, within each, of the images); *seeds × images*: what "
-             "is compared; b / c: images only the MAAR row / only the base classifies correctly (clean) or "
-             "certifies, summed over seeds; p: McNemar's exact two-sided test on b and c. Open instances count "
-             "as not certified, so each complete-certified accuracy is a lower bound: *open* gives each side's "
-             "count and *Δ if open decided* the range the difference takes whichever way they are decided. "
-             "**Bold**: the interval excludes 0, or p < 0.05.", ""]
     compared = [comparison for comparison in comparisons if comparison.clean or comparison.certified]
+    lines = ["", "MAAR minus its base, paired by seed and image: not available."]
     if compared:
-        lines += ["| MAAR row | base | clean: seeds × images | Δ clean | b / c | p | certified: seeds × images | "
-                  "Δ complete-certified | b / c | p | open MAAR / base | Δ if open decided |",
-                  "|---" * 12 + "|"]
+        lines = ["", f"MAAR minus its base, paired by seed and image (percentage points). Δ: mean over seeds of the "
+                 f"accuracy difference on the same images, with a {LEVEL:.0%} interval from a paired bootstrap "
+                 f"({RESAMPLES:,} resamples of the seeds and, within each, of the images); *seeds × images*: what "
+                 "is compared; b / c: images only the MAAR row / only the base classifies correctly (clean) or "
+                 "certifies, summed over seeds; p: McNemar's exact two-sided test on b and c. Open instances count "
+                 "as not certified, so each complete-certified accuracy is a lower bound: *open* gives each side's "
+                 "count and *Δ if open decided* the range the difference takes whichever way they are decided. "
+                 "**Bold**: the interval excludes 0, or p < 0.05.", "",
+                 "| MAAR row | base | clean: seeds × images | Δ clean | b / c | p | certified: seeds × images | "
+                 "Δ complete-certified | b / c | p | open MAAR / base | Δ if open decided |",
+                 "|---" * 12 + "|"]
         for comparison in compared:
             clean, certified = comparison.clean, comparison.certified
             if certified is None:

@@ -213,7 +213,7 @@ def _certify_counts(results: list[RunResult], planned: int) -> str:
     counts = sorted({result.certify_count for result in results if result.certify_count is not None})
     if len(counts) <= 1:
         return str(counts[0] if counts else planned)
-    return " or ".join(map(str, counts)) + " (runs differ: the *open* column gives each row's)"
+    return " or ".join(map(str, counts)) + " (the runs differ: the *open* column gives each row's)"
 
 
 _VERIFIER_NAMES = {"maar": "`maar verify`", "abcrown": "α,β-CROWN, `--verifier abcrown`"}
@@ -248,7 +248,7 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
         if len(_retry_timeouts(results)) > 1 and summary["retry"]:
             open_count += f" (again with {'/'.join(f'{t:g}' for t in summary['retry'])} s)"
         if summary["certify_counts"] and len({r.certify_count for r in results if r.certify_count}) > 1:
-            open_count += f" of {'/'.join(map(str, summary['certify_counts']))} per seed"
+            open_count += f" (of {'/'.join(map(str, summary['certify_counts']))} images per seed)"
         lines.append(f"| {summary['row']} | {seeds} | {cells} | {open_count} | {minutes} | {summary['hardware']} |")
     effects = paired_effects(results)
     if effects:
