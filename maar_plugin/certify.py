@@ -1,7 +1,13 @@
 """``maar certify``: export a model's test points as VNN-LIB instances, verify them completely, and
-show clean, PGD, IBP-, CROWN-, alpha-CROWN- and complete-certified accuracy side by side."""
+show clean, PGD, IBP-, CROWN-, alpha-CROWN- and complete-certified accuracy side by side.
+
+The output folder holds ``certified_accuracy.json`` and ``per_image.csv`` (one line per test image:
+verdict, deciding stage, seconds, timeout; what paired comparisons between models need, small enough
+to keep where the verification logs are dropped), beside the specs and the verification folder."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +29,8 @@ from maar_plugin.verification.result import ABCROWN_STAGE
 from maar_plugin.vnnlib import write_robustness_vnnlib
 
 CERTIFICATE_NAME = "certified_accuracy.json"
+PER_IMAGE_NAME = "per_image.csv"
+PER_IMAGE_COLUMNS = ("image", "verdict", "stage", "seconds", "timeout")
 
 
 @dataclass(frozen=True)
@@ -90,12 +98,24 @@ def _write_onnx_benchmark(onnx_path: Path, dataset: str, data_dir: str | None, e
     spec_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
-        path = spec_dir / f"img{index:05d}_eps{eps:g}.vnnlib"
+        path = spec_dir / _spec_name(index, eps)
         write_robustness_vnnlib(path, images[index].numpy(), int(labels[index]), eps, info.num_classes,
                                 {"dataset": dataset, "test_index": str(index), "model": onnx_path.name})
         paths.append(path)
     write_benchmark_files(spec_dir, onnx_path.resolve(), paths, info.input_shape, timeout, "cpu")
     return spec_dir / "instances.csv"
+
+
+def _spec_name(index: int, eps: float) -> str:
+    """The VNN-LIB file of test image ``index`` (as ``maar export`` names it)."""
+    return f"img{index:05d}_eps{eps:g}.vnnlib"
+
+
+def _benchmark_is(csv_path: Path, eps: float, count: int, timeout: float) -> bool:
+    """Whether the spec folder's instances.csv lists the first ``count`` test images at ``eps`` with ``timeout``."""
+    instances = read_instances_csv(csv_path)
+    return ([instance.vnnlib.name for instance in instances] == [_spec_name(index, eps) for index in range(count)]
+            and all(instance.timeout == float(f"{timeout:g}") for instance in instances))  # as the csv writes it
 
 
 def certify(
@@ -119,7 +139,11 @@ def certify(
     ``jobs`` > 1 verifies in that many local processes, one shard of the instances each, and computes
     the accuracies from their merged logs. ``retry_open`` (seconds) verifies instances left open again
     with that timeout (also those of the certification being resumed). ``verifier`` replaces our cascade,
-    e.g. with α,β-CROWN; a resumed certification must keep the verifier it started with."""
+    e.g. with α,β-CROWN; a resumed certification must keep the verifier it started with.
+
+    Resuming with another ``count``, ``eps`` or ``timeout`` writes the specs anew and verifies only the
+    instances the log does not hold yet (e.g. images 100..999 after a certification of the first 100);
+    instances left open with a shorter timeout are verified again only with ``retry_open``."""
     if not 0 < eps <= 1:
         raise MaarError(f"--eps must be in (0, 1], got {eps}")
     if jobs < 1:
@@ -130,7 +154,7 @@ def certify(
     csv_path = spec_dir / "instances.csv"
     if not resume and (csv_path.exists() or (out_dir / "verification").exists()):
         raise MaarError(f"{out_dir} holds an earlier certification: pass --resume to continue it, or another --out")
-    if not (resume and csv_path.is_file()):
+    if not (resume and csv_path.is_file() and _benchmark_is(csv_path, eps, count, timeout)):
         if source.suffix == ".onnx":
             if not source.is_file():
                 raise MaarError(f"no ONNX model at {source}")
@@ -147,8 +171,45 @@ def certify(
     results = verify_in_processes(read_instances_csv(csv_path), out_dir / "verification", jobs, resume=resume,
                                   options=options, progress=progress, retry_open=retry_open, verifier=verifier)
     accuracy = accuracy_from_results(name, eps, results, retry_open)
+    atomic_write_text(out_dir / PER_IMAGE_NAME, per_image_csv(results))
     atomic_write_text(out_dir / CERTIFICATE_NAME, json.dumps(asdict(accuracy), indent=2) + "\n")
     return accuracy
+
+
+def per_image_csv(results: list[InstanceResult]) -> str:
+    """``per_image.csv`` of a certification of the first test images, ``results`` in image order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PER_IMAGE_COLUMNS)
+    for image, result in enumerate(results):
+        writer.writerow([image, result.verdict, result.stage or "", f"{result.seconds:.3f}",
+                         "" if result.timeout is None else repr(float(result.timeout))])
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class ImageVerdict:
+    """One line of ``per_image.csv``; ``timeout`` is None where the log did not record it."""
+
+    image: int
+    verdict: str
+    stage: str | None
+    seconds: float
+    timeout: float | None
+
+
+def read_per_image(path: str | Path) -> list[ImageVerdict]:
+    """The lines of a ``per_image.csv``, checked to be images 0, 1, ... in order."""
+    path = Path(path)
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        verdicts = [ImageVerdict(int(row["image"]), row["verdict"], row["stage"] or None, float(row["seconds"]),
+                                 float(row["timeout"]) if row["timeout"] else None) for row in rows]
+    except (OSError, KeyError, TypeError, ValueError) as error:
+        raise MaarError(f"{path}: cannot read ({type(error).__name__}: {error})") from None
+    if [verdict.image for verdict in verdicts] != list(range(len(verdicts))):
+        raise MaarError(f"{path}: the images are not 0, 1, 2, ... in order")
+    return verdicts
 
 
 def _refuse_other_verifier(folder: Path, verifier: Verifier | None) -> None:

@@ -116,18 +116,27 @@ def train(run_dir: str, recipe_name: str | None, scale: str, config_file: str | 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--eps", type=float, help="radius (default: the run's target ε)")
-@click.option("--count", type=int, help="test images (default: the whole test set)")
+@click.option("--count", type=int, help="first images of the split (default: all of them)")
+@click.option("--split", type=click.Choice(["test", "validation"]), default="test", show_default=True,
+              help="the test set, or the last 5000 training images (for runs trained without them)")
 @click.option("--pgd-steps", type=int, default=50, show_default=True, help="PGD steps")
 @click.option("--pgd-restarts", type=int, default=3, show_default=True, help="PGD restarts")
-@click.option("--crown-count", type=int, help="first test images that also get CROWN bounds (default: all; 0: none)")
-def evaluate(run_dir: str, eps: float | None, count: int | None, pgd_steps: int, pgd_restarts: int,
+@click.option("--crown-count", type=int, help="first images that also get CROWN bounds (default: all; 0: none)")
+def evaluate(run_dir: str, eps: float | None, count: int | None, split: str, pgd_steps: int, pgd_restarts: int,
              crown_count: int | None) -> None:
-    """Recompute a run's metrics on the test set: clean, PGD, IBP- and CROWN-verified accuracy."""
-    from maar_plugin.training.evaluate_run import evaluate_run, format_table
+    """Recompute a run's metrics: clean, PGD, IBP- and CROWN-verified accuracy, on the test set or on held-out
+    training images.
 
-    results = evaluate_run(run_dir, eps=eps, count=count, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
-                           crown_count=crown_count)
+    Saved as evaluation.json (read by `maar report`) only at the run's ε with its `maar reproduce` folder's
+    settings (outside one: the whole test set); validation results as evaluation-validation.json; other
+    radii and counts in files named by them."""
+    from maar_plugin.training.evaluate_run import EVALUATION_NAME, VALIDATION_NAME, evaluate_run, format_table
+
+    results, path = evaluate_run(run_dir, eps=eps, count=count, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+                                 crown_count=crown_count, split=split)
     click.echo(format_table([results]))
+    click.echo(f"written: {path}" + ("" if path.name in (EVALUATION_NAME, VALIDATION_NAME) else
+                                     " (not the file `maar report` reads: other ε or settings than the run's)"))
 
 
 @cli.command("export")
@@ -285,12 +294,12 @@ def report(results_dirs: tuple[str, ...], per_instance: bool, per_instance_alias
            out_dir: str | None, html_path: str | None, max_counterexamples: int) -> None:
     """Summarise one or several results folders.
 
-    A `maar reproduce` folder gives the results table (mean ± std over seeds, MAAR minus its base),
-    also written as table.md and table.png in the folder. `maar verify` / `maar certify` folders and
-    side-by-side folders of benchmarks/verifier_comparison.py (two verifiers each) give proved /
-    falsified / open per stage and time per instance, and the figures: a cactus plot, the stage funnel
-    and the counterexamples on image inputs (into --out, default DIR/report for one folder); --html
-    puts them all into one page."""
+    A `maar reproduce` folder gives the results table (mean ± std over seeds, MAAR minus its base paired
+    by seed, and by seed and image with bootstrap intervals and McNemar's test), also written as table.md
+    and table.png in the folder. `maar verify` / `maar certify` folders and side-by-side folders of
+    benchmarks/verifier_comparison.py (two verifiers each) give proved / falsified / open per stage and
+    time per instance, and the figures: a cactus plot, the stage funnel and the counterexamples on image
+    inputs (into --out, default DIR/report for one folder); --html puts them all into one page."""
     from pathlib import Path
 
     from maar_plugin.atomic import atomic_write_text
@@ -351,6 +360,11 @@ def report(results_dirs: tuple[str, ...], per_instance: bool, per_instance_alias
               help="runs trained side by side, and shard processes per certification (processes)")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="where training and verification run (auto: cuda when there is one)")
+@click.option("--certify-count", type=int, metavar="N",
+              help="verify the first N test images completely; a finished certification of another count is "
+                   "extended, its verified images kept  [default: the recipe's certify_count]")
+@click.option("--certify-timeout", type=float, metavar="SECONDS",
+              help="seconds per instance in the first pass  [default: the recipe's certify_timeout]")
 @click.option("--retry-open", type=float, metavar="SECONDS",
               help="verify instances left open again with this timeout (0: no second pass)  [default: the "
                    "recipe's certify_retry_timeout]")
@@ -358,8 +372,9 @@ def report(results_dirs: tuple[str, ...], per_instance: bool, per_instance_alias
 @dataclass_flags(VerifyOptions, exclude=REPRODUCE_OWN_OPTIONS)
 @verifier_options
 def reproduce_command(setting: str | None, model: str, recipe_name: str | None, objectives: str, seeds: str,
-                      out_dir: str, scale: str, jobs: int, device: str, retry_open: float | None, no_progress: bool,
-                      verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
+                      out_dir: str, scale: str, jobs: int, device: str, certify_count: int | None,
+                      certify_timeout: float | None, retry_open: float | None, no_progress: bool, verifier_name: str,
+                      abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
     """Train every objective × seed of a recipe, evaluate each run, verify it completely; resumable.
 
     SETTING is e.g. mnist-eps0.3 (or give --recipe); `maar report OUT` then prints the table."""
@@ -372,7 +387,8 @@ def reproduce_command(setting: str | None, model: str, recipe_name: str | None, 
     options = with_given(VerifyOptions(device=device), given)
     reproduce(recipe_name or f"{setting}-{model}", rows, parse_seeds(seeds), out_dir, scale=scale, jobs=jobs,
               device=device, progress=not no_progress, log=click.echo, options=options,
-              verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python, given), retry_open=retry_open)
+              verifier=make_verifier(verifier_name, abcrown_checkout, abcrown_python, given), retry_open=retry_open,
+              certify_count=certify_count, certify_timeout=certify_timeout)
     click.echo(markdown_report(out_dir), nl=False)
 
 

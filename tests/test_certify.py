@@ -111,3 +111,26 @@ def test_demotraining_state(small_run, tmp_path):
     assert training_state(tmp_path / "nothing", 1) == "new"
     assert training_state(small_run, 1) == "done"
     assert training_state(small_run, 2) == "partial"
+
+
+def test_resuming_with_a_larger_count_verifies_only_the_new_images(small_run, tmp_path):
+    """3 images, then 6: the first 3 log records stay as they were and only 3 more are verified; the
+    result is that of certifying 6 at once, and going back to 3 reads them from the log."""
+    from maar_plugin.certify import PER_IMAGE_NAME, read_per_image
+
+    certify(small_run, EPS, 3, tmp_path / "cert", timeout=TIMEOUT, progress=False)
+    log = tmp_path / "cert" / "verification" / "log.jsonl"
+    first = log.read_text().splitlines()
+    grown = certify(small_run, EPS, COUNT, tmp_path / "cert", timeout=TIMEOUT, resume=True, progress=False)
+    records = log.read_text().splitlines()
+    assert len(first) == 3 and len(records) == COUNT and records[:3] == first
+    direct = certify(small_run, EPS, COUNT, tmp_path / "direct", timeout=TIMEOUT, progress=False)
+    assert (grown.count, grown.complete, grown.falsified) == (direct.count, direct.complete, direct.falsified)
+    per_image = read_per_image(tmp_path / "cert" / PER_IMAGE_NAME)
+    assert [image.image for image in per_image] == list(range(COUNT))
+    assert [image.verdict for image in per_image] == [json.loads(line)["verdict"] for line in records]
+    assert all(image.timeout == TIMEOUT for image in per_image)
+    shrunk = certify(small_run, EPS, 3, tmp_path / "cert", timeout=TIMEOUT, resume=True, progress=False)
+    assert len(log.read_text().splitlines()) == COUNT and shrunk.count == 3
+    assert [image.verdict for image in read_per_image(tmp_path / "cert" / PER_IMAGE_NAME)] == \
+        [image.verdict for image in per_image[:3]]

@@ -284,3 +284,127 @@ def test_reproduce_retry_open_override_is_checked(recipe_file, tmp_path):
     with pytest.raises(MaarError, match="--retry-open"):
         reproduce(str(recipe_file), ["ibp"], [0], tmp_path / "out", device="cpu", progress=False, log=quiet,
                   retry_open=-1)
+
+
+def copy_runs(grid, out, names):
+    """A reproduce folder holding copies of some of the grid's runs (trained and evaluated) and certifications."""
+    out.mkdir()
+    shutil.copy2(grid / "reproduce.json", out / "reproduce.json")
+    for name in names:
+        shutil.copytree(grid / "runs" / name, out / "runs" / name)
+        if (grid / "certify" / name).is_dir():
+            shutil.copytree(grid / "certify" / name, out / "certify" / name)
+    return out
+
+
+def test_a_larger_certify_count_extends_the_certification_and_keeps_its_verified_images(grid, recipe_file, tmp_path):
+    out = copy_runs(grid, tmp_path / "out", ["ibp-s0"])
+    log = out / "certify" / "ibp-s0" / "verification" / "log.jsonl"
+    before = log.read_text().splitlines()
+    lines = []
+    reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=lines.append, certify_count=5)
+    assert "ibp-s0: complete verification of 5 test images (extending the 3 certified)" in lines
+    assert not any("training" in line or "evaluating" in line for line in lines)
+    after = log.read_text().splitlines()
+    assert len(after) == 5 and after[:3] == before
+    assert len((out / "certify" / "ibp-s0" / "per_image.csv").read_text().splitlines()) == 1 + 5
+    assert read_plan(out).evaluation["certify_count"] == 5
+    assert "on the first 5;" in markdown_report(out)
+    lines.clear()
+    reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=lines.append)
+    assert "ibp-s0: complete verification of 3 test images (the first 3 of the 5 certified)" in lines
+    assert log.read_text().splitlines() == after
+    assert json.loads((out / "certify" / "ibp-s0" / "certified_accuracy.json").read_text())["count"] == 3
+
+
+def test_a_longer_first_pass_verifies_the_instances_a_shorter_one_left_open(grid, recipe_file, tmp_path):
+    out = copy_runs(grid, tmp_path / "out", ["ibp-s0"])
+    shutil.rmtree(out / "certify")
+    reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=quiet, certify_timeout=1e-6)
+    certificate = out / "certify" / "ibp-s0" / "certified_accuracy.json"
+    assert json.loads(certificate.read_text())["open"] == 3         # no stage fits in a microsecond
+    lines = []
+    reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=lines.append, certify_timeout=5)
+    assert "ibp-s0: complete verification of 3 test images, open ones again with 5 s" in lines
+    assert json.loads(certificate.read_text())["complete"] == \
+        json.loads((grid / "certify" / "ibp-s0" / "certified_accuracy.json").read_text())["complete"]
+    lines.clear()
+    reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=lines.append, certify_timeout=5)
+    assert not any(line.startswith("ibp-s0: complete verification") for line in lines)
+    with pytest.raises(MaarError, match="--certify-timeout"):
+        reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=quiet, certify_timeout=0)
+    with pytest.raises(MaarError, match="--certify-count"):
+        reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=quiet, certify_count=0)
+
+
+def test_a_rerun_adds_the_per_image_records_that_earlier_versions_did_not_write(grid, recipe_file, tmp_path):
+    out = copy_runs(grid, tmp_path / "out", ["ibp-s0", "maar-ibp-s0"])
+    evaluation, per_image = out / "runs" / "ibp-s0" / "evaluation.json", out / "certify" / "ibp-s0" / "per_image.csv"
+    written = json.loads(evaluation.read_text()), per_image.read_text()
+    evaluation.write_text(json.dumps({key: value for key, value in written[0].items() if key != "misclassified"}))
+    per_image.unlink()
+    assert "Without per-image records (ibp seed 0)" in markdown_report(out)
+    log = out / "certify" / "ibp-s0" / "verification" / "log.jsonl"
+    records = log.read_text()
+    lines = []
+    reproduce(str(recipe_file), ["ibp"], [0], out, device="cpu", progress=False, log=lines.append)
+    assert "ibp-s0: misclassified test images added to evaluation.json" in lines
+    assert json.loads(evaluation.read_text())["misclassified"] == written[0]["misclassified"]
+    assert per_image.read_text() == written[1] and log.read_text() == records  # nothing verified again
+    assert "Without per-image records" not in markdown_report(out)
+
+
+def test_evaluation_records_misclassified_images_and_writes_the_report_file_only_with_its_settings(grid, tmp_path):
+    from maar_plugin.training.evaluate_run import evaluate_run
+    from maar_plugin.training.run_files import load_trained_model
+
+    out = copy_runs(grid, tmp_path / "out", ["ibp-s0"])
+    run = out / "runs" / "ibp-s0"
+    report_file = (run / "evaluation.json").read_text()
+    results, path = evaluate_run(run, count=10, pgd_steps=2, pgd_restarts=1, crown_count=0)
+    assert path == run / "evaluation-eps0.02-n10.json" and (run / "evaluation.json").read_text() == report_file
+    model, _, _ = load_trained_model(run)
+    images, labels = load_dataset("mnist", "test")
+    with torch.no_grad():
+        wrong = (model(images[:10]).argmax(1) != labels[:10]).nonzero().flatten().tolist()
+    assert json.loads(path.read_text())["misclassified"] == wrong
+    assert results["clean"] == pytest.approx(100 * (10 - len(wrong)) / 10)
+    settings = read_plan(out).evaluation
+    _, path = evaluate_run(run, count=settings["count"], pgd_steps=settings["pgd_steps"],
+                           pgd_restarts=settings["pgd_restarts"], crown_count=settings["crown_count"])
+    assert path == run / "evaluation.json"
+    _, path = evaluate_run(run, eps=0.01, count=settings["count"], pgd_steps=settings["pgd_steps"],
+                           pgd_restarts=settings["pgd_restarts"], crown_count=settings["crown_count"])
+    assert path.name == f"evaluation-eps0.01-n{settings['count']}.json"
+
+
+def test_validation_evaluates_held_out_training_images_and_refuses_runs_that_trained_on_them(grid, tmp_path):
+    from maar_plugin.training.config import TrainConfig
+    from maar_plugin.training.evaluate_run import evaluation_images
+    from maar_plugin.training.run_files import load_trained_model
+
+    out = copy_runs(grid, tmp_path / "out", ["ibp-s0"])
+    run = out / "runs" / "ibp-s0"
+    report_file = (run / "evaluation.json").read_text()
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--split", "validation", "--count", "20",
+                                      "--pgd-steps", "1", "--pgd-restarts", "1", "--crown-count", "5"])
+    assert result.exit_code == 0, result.output
+    path = run / "evaluation-validation-eps0.02-n20.json"
+    assert f"written: {path} (not the file" in result.output
+    assert (run / "evaluation.json").read_text() == report_file
+    saved = json.loads(path.read_text())
+    model, _, _ = load_trained_model(run)
+    images, labels = load_dataset("mnist", "train")
+    with torch.no_grad():
+        wrong = (model(images[55000:55020]).argmax(1) != labels[55000:55020]).nonzero().flatten().tolist()
+    assert (saved["split"], saved["first_image"], saved["misclassified"]) == ("validation", 55000, wrong)
+    _, _, first = evaluation_images(TrainConfig(train_count=55000), "validation")
+    assert first == 55000
+    for train_count in (None, 55001):
+        with pytest.raises(MaarError, match="not held out"):
+            evaluation_images(TrainConfig(train_count=train_count), "validation")
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "train_count": None}))
+    result = CliRunner().invoke(cli, ["evaluate", str(run), "--split", "validation"])
+    assert result.exit_code == 1 and "trained on all training images" in result.output
+    assert "Traceback" not in result.output

@@ -1,9 +1,10 @@
 """``maar reproduce``: train every (objective row, seed) of a recipe, evaluate each run, certify it completely.
 
 Layout of the output folder: ``reproduce.json`` (recipe, scale, rows, seeds), ``runs/<row>-s<seed>/``
-(``maar train`` runs, each with ``evaluation.json``) and ``certify/<row>-s<seed>/`` (``maar certify``).
-Every stage is skipped when its result is already there and resumed when it was interrupted, so
-rerunning the same command continues the grid, and adding rows or seeds extends it.
+(``maar train`` runs, each with ``evaluation.json``) and ``certify/<row>-s<seed>/`` (``maar certify``,
+with ``certified_accuracy.json`` and ``per_image.csv``). Every stage is skipped when its result is
+already there and resumed when it was interrupted, so rerunning the same command continues the grid,
+adding rows or seeds extends it, and another certify count verifies only the images not verified yet.
 """
 from __future__ import annotations
 
@@ -18,19 +19,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from maar_plugin.atomic import atomic_write_text
-from maar_plugin.certify import CERTIFICATE_NAME, certificate_verifier, certify
+from maar_plugin.certify import CERTIFICATE_NAME, PER_IMAGE_NAME, certificate_verifier, certify, read_per_image
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_hyperparameters
 from maar_plugin.reproduce.rows import Row, parse_row
 from maar_plugin.training.config import TrainConfig
-from maar_plugin.training.evaluate_run import evaluate_run
+from maar_plugin.training.evaluate_run import EVALUATION_NAME, add_misclassified, evaluate_run
 from maar_plugin.training.loop import train
 from maar_plugin.training.recipe import EvaluationSettings, Recipe, config_from_recipe, load_recipe
 from maar_plugin.training.run_files import CONFIG_NAME, training_state
-from maar_plugin.verification import Verifier, VerifyOptions
+from maar_plugin.verification import Verifier, VerifyOptions, read_log
 
 PLAN_NAME = "reproduce.json"
-EVALUATION_NAME = "evaluation.json"
 
 
 @dataclass(frozen=True)
@@ -108,15 +108,27 @@ def _evaluation_done(run_dir: Path, eps: float, settings: EvaluationSettings) ->
     return all(done.get(key) == value for key, value in wanted.items())
 
 
-def _certificate_done(certify_dir: Path, count: int, retry_timeout: float | None) -> bool:
-    """A certificate of ``count`` instances whose open ones were retried with ``retry_timeout`` (if any are)."""
+def _certificate_done(certify_dir: Path, count: int, timeout: float, retry_timeout: float | None) -> bool:
+    """A certificate of ``count`` instances whose open ones were verified with ``timeout`` or more, and
+    retried with ``retry_timeout`` (if any are), with its ``per_image.csv``. A folder without the
+    verification log (packed light) is done without ``per_image.csv``: nothing could write it."""
     path = certify_dir / CERTIFICATE_NAME
     if not path.is_file():
         return False
     certificate = json.loads(path.read_text())
     retried = retry_timeout is None or certificate.get("open") == 0 \
         or (certificate.get("retry_timeout") or 0.0) >= retry_timeout
-    return certificate.get("count") == count and retried
+    if certificate.get("count") != count or not retried:
+        return False
+    if not (certify_dir / PER_IMAGE_NAME).is_file():
+        return not read_log(certify_dir / "verification")
+    return not _open_with_less(certify_dir, timeout)
+
+
+def _open_with_less(certify_dir: Path, timeout: float) -> bool:
+    """Whether ``per_image.csv`` has open instances verified with less than ``timeout`` seconds."""
+    return any(image.verdict not in ("sat", "unsat") and image.timeout is not None and image.timeout < timeout
+               for image in read_per_image(certify_dir / PER_IMAGE_NAME))
 
 
 def _same_verifier(certify_dir: Path, verifier: Verifier | None) -> None:
@@ -126,6 +138,15 @@ def _same_verifier(certify_dir: Path, verifier: Verifier | None) -> None:
     done = certificate_verifier(json.loads(path.read_text())) if path.is_file() else wanted
     if done != wanted:
         raise MaarError(f"{certify_dir} was certified with --verifier {done}; rerun with it, or use another --out")
+
+
+def _earlier_count(certify_dir: Path, count: int) -> str:
+    """`` (extending the 100 certified)`` where the folder's certificate is of another count; else empty."""
+    path = certify_dir / CERTIFICATE_NAME
+    earlier = json.loads(path.read_text()).get("count") if path.is_file() else None
+    if earlier is None or earlier == count:
+        return ""
+    return f" (extending the {earlier} certified)" if earlier < count else f" (the first {count} of the {earlier} certified)"
 
 
 @dataclass(frozen=True)
@@ -169,6 +190,8 @@ def _train_and_evaluate(task: _Task, log: Callable[[str], None] = print) -> None
         log(f"{name}: evaluating on {settings.count} test images")
         evaluate_run(task.run_dir, eps=config.eps, count=settings.count, pgd_steps=settings.pgd_steps,
                      pgd_restarts=settings.pgd_restarts, crown_count=settings.crown_count)
+    elif add_misclassified(task.run_dir):
+        log(f"{name}: misclassified test images added to {EVALUATION_NAME}")
 
 
 def _certify_run(task: _Task, jobs: int, log: Callable[[str], None]) -> str:
@@ -176,15 +199,16 @@ def _certify_run(task: _Task, jobs: int, log: Callable[[str], None]) -> str:
     one-line summary of the run."""
     name, config, settings = task.run_dir.name, task.config, task.evaluation
     _same_verifier(task.certify_dir, task.verifier)
-    if not _certificate_done(task.certify_dir, settings.certify_count, settings.certify_retry_timeout):
-        log(f"{name}: complete verification of {settings.certify_count} test images"
-            + (f" in {jobs} shards" if jobs > 1 else "")
-            + (f", open ones again with {settings.certify_retry_timeout:g} s" if settings.certify_retry_timeout else ""))
+    count, timeout, retry = settings.certify_count, settings.certify_timeout, settings.certify_retry_timeout
+    if not _certificate_done(task.certify_dir, count, timeout, retry):
+        if (task.certify_dir / PER_IMAGE_NAME).is_file() and _open_with_less(task.certify_dir, timeout):
+            retry = max(timeout, retry or 0.0)  # open ones of a shorter first pass: again with this one's timeout
+        log(f"{name}: complete verification of {count} test images{_earlier_count(task.certify_dir, count)}"
+            + (f" in {jobs} shards" if jobs > 1 else "") + (f", open ones again with {retry:g} s" if retry else ""))
         resume = task.certify_dir.is_dir() and any(task.certify_dir.iterdir())
-        options = replace(task.options or VerifyOptions(), timeout=settings.certify_timeout)
-        certify(task.run_dir, config.eps, settings.certify_count, task.certify_dir, timeout=settings.certify_timeout,
-                resume=resume, options=options, progress=task.progress, jobs=jobs,
-                retry_open=settings.certify_retry_timeout, verifier=task.verifier)
+        options = replace(task.options or VerifyOptions(), timeout=timeout)
+        certify(task.run_dir, config.eps, count, task.certify_dir, timeout=timeout, resume=resume, options=options,
+                progress=task.progress, jobs=jobs, retry_open=retry, verifier=task.verifier)
     evaluation = json.loads((task.run_dir / EVALUATION_NAME).read_text())
     certificate = json.loads((task.certify_dir / CERTIFICATE_NAME).read_text())
     return (f"{name}: clean {evaluation['clean']:.2f}%  IBP-verified {evaluation['ibp_verified']:.2f}%  "
@@ -203,6 +227,8 @@ def reproduce(
     log: Callable[[str], None] = print,
     verifier: Verifier | None = None,
     retry_open: float | None = None,
+    certify_count: int | None = None,
+    certify_timeout: float | None = None,
     options: VerifyOptions | None = None,
 ) -> Plan:
     """Train, evaluate and certify ``rows`` × ``seeds`` of a recipe into ``out_dir`` (resumable).
@@ -211,17 +237,27 @@ def reproduce(
     CPU each gets an equal share of the cores; on a GPU they share the card), then certifies run after run,
     each in ``jobs`` processes that verify one shard of its instances (``maar certify --jobs``).
     ``verifier`` (e.g. α,β-CROWN) replaces our cascade in the complete verification. ``retry_open``
-    overrides the recipe's ``certify_retry_timeout`` (0: open instances are not verified again). ``options``
-    are the verifier's settings (the recipe's ``certify_timeout`` replaces their timeout).
+    overrides the recipe's ``certify_retry_timeout`` (0: open instances are not verified again),
+    ``certify_count`` its ``certify_count`` (the first test images verified completely; a finished
+    certification of another count is extended, its verified images kept) and ``certify_timeout`` its
+    ``certify_timeout`` (seconds per instance in the first pass). ``options`` are the verifier's settings
+    (the certify timeout replaces theirs).
     """
     if jobs < 1:
         raise MaarError(f"--jobs must be at least 1, got {jobs}")
     if retry_open is not None and retry_open < 0:
         raise MaarError(f"--retry-open must be 0 (no retry) or a positive number of seconds, got {retry_open:g}")
+    if certify_count is not None and certify_count < 1:
+        raise MaarError(f"--certify-count must be at least 1, got {certify_count}")
+    if certify_timeout is not None and not certify_timeout > 0:
+        raise MaarError(f"--certify-timeout must be a positive number of seconds, got {certify_timeout:g}")
     out_dir = Path(out_dir)
     recipe = load_recipe(recipe_name, scale)
+    overrides = {key: value for key, value in (("certify_count", certify_count), ("certify_timeout", certify_timeout))
+                 if value is not None}
     if retry_open is not None:
-        recipe = replace(recipe, evaluation=replace(recipe.evaluation, certify_retry_timeout=retry_open or None))
+        overrides["certify_retry_timeout"] = retry_open or None
+    recipe = replace(recipe, evaluation=replace(recipe.evaluation, **overrides))
     parsed = [parse_row(row) for row in rows]
     plan = _extend_plan(out_dir, recipe, parsed, seeds, device)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None

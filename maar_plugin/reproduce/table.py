@@ -1,5 +1,6 @@
 """``maar report`` of a ``maar reproduce`` folder: per row, mean ± sample standard deviation over seeds,
-and MAAR's effect over its base paired by seed; as Markdown and as a PNG chart."""
+and MAAR's effect over its base paired by seed, and by seed and image with intervals and tests
+(``paired``); as Markdown and as a PNG chart."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from maar_plugin.certify import CERTIFICATE_NAME, certificate_verifier
+import numpy as np
+
+from maar_plugin.certify import CERTIFICATE_NAME, PER_IMAGE_NAME, certificate_verifier, read_per_image
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class
 from maar_plugin.objectives.maar import BUILT_IN_BASES, Maar
+from maar_plugin.reproduce.paired import by_image_markdown, compare_by_image
 from maar_plugin.reproduce.rows import Row, parse_row
 from maar_plugin.reproduce.run import EVALUATION_NAME, read_plan
 
@@ -21,8 +25,10 @@ METRICS = (("clean", "clean"), ("pgd", "PGD"), ("ibp_verified", "IBP-verified"),
 
 @dataclass
 class RunResult:
-    """One finished (or partly finished) run: accuracies, open instances, training time, hardware, and who
-    verified it completely (``maar`` or ``abcrown``)."""
+    """One finished (or partly finished) run: accuracies, open instances, training time, hardware, who
+    verified it completely (``maar`` or ``abcrown``) and on how many test images, and the per-image records
+    where the files have them: ``clean_correct`` (per evaluated test image) and ``verdicts`` (per certified
+    one)."""
 
     row: str
     seed: int
@@ -32,6 +38,9 @@ class RunResult:
     hardware: str | None = None
     verifier: str | None = None
     retry_timeout: float | None = None
+    certify_count: int | None = None
+    clean_correct: np.ndarray | None = None
+    verdicts: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -74,12 +83,19 @@ def _read_run(out_dir: Path, row: Row, seed: int) -> RunResult:
     for key in ("clean", "pgd", "ibp_verified", "crown_verified"):
         if key in evaluation:
             result.metrics[key] = float(evaluation[key])
-    certificate = _read_json(out_dir / "certify" / name / CERTIFICATE_NAME)
+    if "misclassified" in evaluation:
+        result.clean_correct = np.ones(int(evaluation["count"]), dtype=bool)
+        result.clean_correct[np.asarray(evaluation["misclassified"], dtype=int)] = False
+    certify_dir = out_dir / "certify" / name
+    certificate = _read_json(certify_dir / CERTIFICATE_NAME)
     if certificate:
         result.metrics["complete"] = float(certificate["complete"])
         result.open = int(certificate["open"])
         result.verifier = certificate_verifier(certificate)
         result.retry_timeout = certificate.get("retry_timeout")
+        result.certify_count = int(certificate["count"])
+        if (certify_dir / PER_IMAGE_NAME).is_file():
+            result.verdicts = np.array([image.verdict for image in read_per_image(certify_dir / PER_IMAGE_NAME)])
     return result
 
 
@@ -143,22 +159,30 @@ def summary_rows(results: list[RunResult]) -> list[dict]:
         opens = [run.open for run in runs if run.open is not None]
         summary["open"] = sum(opens) if opens else None
         summary["retry"] = _retry_timeouts(runs)
+        summary["certify_counts"] = sorted({run.certify_count for run in runs if run.certify_count is not None})
         summary["train_minutes"] = statistic([run.train_minutes for run in runs if run.train_minutes is not None])
         summary["hardware"] = ", ".join(sorted({run.hardware for run in runs if run.hardware})) or "–"
         summaries.append(summary)
     return summaries
 
 
-def paired_effects(results: list[RunResult]) -> list[dict]:
-    """MAAR row minus its base row, per metric, over the seeds both have (mean ± sample std of the differences)."""
-    by_key = {(result.row, result.seed): result for result in results}
+def maar_pairs(results: list[RunResult]) -> list[tuple[str, str]]:
+    """(MAAR row, its base row) for every MAAR row whose base is among the results' rows."""
     labels = list(dict.fromkeys(result.row for result in results))
+    return [(label, maar_base(label)) for label in labels if maar_base(label) in labels]
+
+
+def paired_effects(results: list[RunResult]) -> list[dict]:
+    """MAAR row minus its base row, per metric, over the seeds both have (mean ± sample std of the differences),
+    and the open instances of each side over the seeds where both were certified (``open``: row, base)."""
+    by_key = {(result.row, result.seed): result for result in results}
     effects = []
-    for label in labels:
-        base = maar_base(label)
-        if base is None or base not in labels:
-            continue
+    for label, base in maar_pairs(results):
         effect = {"row": label, "base": base}
+        both = [seed for row, seed in by_key if row == label and (base, seed) in by_key
+                and by_key[(label, seed)].open is not None and by_key[(base, seed)].open is not None]
+        effect["open"] = (sum(by_key[(label, seed)].open for seed in both),
+                          sum(by_key[(base, seed)].open for seed in both)) if both else None
         for key, _ in METRICS:
             differences = [
                 by_key[(label, seed)].metrics[key] - by_key[(base, seed)].metrics[key]
@@ -184,6 +208,14 @@ def _retry_note(results: list[RunResult]) -> str:
     return f", open ones again with {' or '.join(f'{t:g}' for t in timeouts)} s as the *open* column says"
 
 
+def _certify_counts(results: list[RunResult], planned: int) -> str:
+    """The numbers of test images the certificates cover: the plan's, or each where the runs differ."""
+    counts = sorted({result.certify_count for result in results if result.certify_count is not None})
+    if len(counts) <= 1:
+        return str(counts[0] if counts else planned)
+    return " or ".join(map(str, counts)) + " (the runs differ: the *open* column gives each row's)"
+
+
 _VERIFIER_NAMES = {"builtin": "`maar verify`", "abcrown": "α,β-CROWN, `--verifier abcrown`"}
 
 
@@ -201,7 +233,7 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
         f"{evaluation['pgd_restarts']} restarts) and IBP-verified accuracy on the first {evaluation['count']} test "
         f"images, CROWN-verified on the first {evaluation['crown_count']}, complete-certified ({verifier}, "
         f"{evaluation['certify_timeout']:g} s per instance{_retry_note(results)}) on the first "
-        f"{evaluation['certify_count']}; "
+        f"{_certify_counts(results, evaluation['certify_count'])}; "
         "mean ± sample standard deviation over seeds, in percent. *open*: instances left undecided (timeouts), "
         "summed over seeds; complete-certified is exact where it is 0.",
         "",
@@ -215,16 +247,21 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
         open_count = "–" if summary["open"] is None else str(summary["open"])
         if len(_retry_timeouts(results)) > 1 and summary["retry"]:
             open_count += f" (again with {'/'.join(f'{t:g}' for t in summary['retry'])} s)"
+        if summary["certify_counts"] and len({r.certify_count for r in results if r.certify_count}) > 1:
+            open_count += f" (of {'/'.join(map(str, summary['certify_counts']))} images per seed)"
         lines.append(f"| {summary['row']} | {seeds} | {cells} | {open_count} | {minutes} | {summary['hardware']} |")
     effects = paired_effects(results)
     if effects:
-        lines += ["", "MAAR minus its base, paired by seed (percentage points, mean ± sample std of the differences):", "",
-                  "| MAAR row | base | " + " | ".join(title for _, title in METRICS) + " |",
-                  "|---" * (len(METRICS) + 2) + "|"]
+        lines += ["", "MAAR minus its base, paired by seed (percentage points, mean ± sample std of the differences; "
+                  "*open*: each side's open instances, summed over the seeds):", "",
+                  "| MAAR row | base | " + " | ".join(title for _, title in METRICS) + " | open MAAR / base |",
+                  "|---" * (len(METRICS) + 3) + "|"]
         for effect in effects:
             seeds = max((effect[key].n for key, _ in METRICS if effect[key]), default=0)
             cells = " | ".join(_cell(effect[key], seeds) for key, _ in METRICS)
-            lines.append(f"| {effect['row']} | {effect['base']} | {cells} |")
+            open_counts = "–" if effect["open"] is None else " / ".join(map(str, effect["open"]))
+            lines.append(f"| {effect['row']} | {effect['base']} | {cells} | {open_counts} |")
+        lines += by_image_markdown(compare_by_image(results, maar_pairs(results)))
     return "\n".join(lines) + "\n"
 
 
