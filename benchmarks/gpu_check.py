@@ -40,15 +40,15 @@ from pathlib import Path
 
 import torch
 import yaml
+from training_speed import MAAR_BASE, objective_step, time_step
 
 import maar_plugin
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.data import dataset_info
 from maar_plugin.demo import DEMO_TRAINING
+from maar_plugin.devices import describe_device
 from maar_plugin.models import create_model
 from maar_plugin.objectives import objective_hyperparameters
-from maar_plugin.training.loop import describe_device
-from training_speed import MAAR_BASE, objective_step, time_step
 
 OBJECTIVES = ("natural", "ibp", "crown-ibp", "sabr", "mtl-ibp", "maar-ibp", "maar-crown-ibp", "maar-sabr",
               "maar-mtl-ibp")
@@ -136,7 +136,7 @@ def _time_row(objective: str, initial: torch.nn.Module, info, eps: float, batche
         attack = {key: value for key, value in sizes.attack if key in known}
         step = objective_step(objective, copy.deepcopy(initial), info, eps, **attack)
         return {"ms_per_step": time_step(step, batches, sizes.warmup, device), "status": "done"}
-    except Exception as error:  # noqa: BLE001  (recorded in the results; the next rows still run)
+    except Exception as error:
         first_line = (str(error).splitlines() or [""])[0][:200]
         return {"ms_per_step": None, "status": f"error: {type(error).__name__}: {first_line}"}
 

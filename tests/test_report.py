@@ -13,12 +13,24 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import write_tiny_benchmark
 from torch import nn
 
-from conftest import write_tiny_benchmark
 from maar_plugin.cli import cli
-from maar_plugin.report import (ResultSource, aligned_rows, build_report, cactus_line, clean_input, counterexample_view,
-                                html_page, image_shape, plot_cactus, property_target, read_sources, stage_funnel)
+from maar_plugin.report import (
+    ResultSource,
+    aligned_rows,
+    build_report,
+    cactus_line,
+    clean_input,
+    counterexample_view,
+    html_page,
+    image_shape,
+    plot_cactus,
+    property_target,
+    read_sources,
+    stage_funnel,
+)
 from maar_plugin.report.funnel import FunnelStage
 from maar_plugin.reproduce import PLAN_NAME
 from maar_plugin.verification import STAGES, InstanceResult

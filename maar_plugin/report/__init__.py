@@ -9,8 +9,15 @@ sources side by side.
 """
 from maar_plugin.report.build import Figure, Report, build_report, write_figures
 from maar_plugin.report.cactus import CactusLine, cactus_line, plot_cactus
-from maar_plugin.report.counterexamples import (CounterexampleView, OnnxClassifier, clean_input, counterexample_view,
-                                                image_shape, plot_counterexample, property_target)
+from maar_plugin.report.counterexamples import (
+                                                CounterexampleView,
+                                                OnnxClassifier,
+                                                clean_input,
+                                                counterexample_view,
+                                                image_shape,
+                                                plot_counterexample,
+                                                property_target,
+)
 from maar_plugin.report.funnel import FunnelStage, plot_funnel, stage_funnel
 from maar_plugin.report.html import html_page
 from maar_plugin.report.sources import ResultSource, read_counterexample, read_sources

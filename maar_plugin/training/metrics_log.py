@@ -16,6 +16,14 @@ def write_metrics(run_dir: Path, history: list[dict]) -> None:
     atomic_write_text(run_dir / METRICS_NAME, "".join(json.dumps(record) + "\n" for record in history))
 
 
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The per-epoch records of a run (none where it has not finished an epoch)."""
+    path = Path(run_dir) / METRICS_NAME
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def plot_metrics(run_dir: Path, history: list[dict]) -> None:
     """Accuracies, loss terms and the ε/λ schedule against the epoch, as one PNG."""
     import matplotlib
