@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_tiny_benchmark
 from torch import nn
 
+from helpers import write_tiny_benchmark
 from maar_plugin.cli import cli
 from maar_plugin.report import (
     ResultSource,
