@@ -22,19 +22,20 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
 
 from maar_plugin.atomic import atomic_write_text
-from maar_plugin.verification import Instance, read_instances_csv, read_log
-from maar_plugin.verification.run.batch import instance_names
+from maar_plugin.verification import Instance, instance_names, read_instances_csv, read_log
 
 REPO = Path(__file__).resolve().parent.parent
 DECIDED = ("sat", "unsat")
@@ -111,12 +112,14 @@ def child_env(threads: int | None, pythonpath: Path | None = None) -> dict:
     return env
 
 
-def run_maar(instance: Instance, name: str, timeout: float, out: Path, threads: int | None) -> Run:
-    """`maar verify` on one instance in its own process; verdict and stage from its log.jsonl."""
+def run_maar(instance: Instance, name: str, timeout: float, out: Path, threads: int | None,
+             options: Sequence[str] = ()) -> Run:
+    """`maar verify` on the CPU (as α,β-CROWN runs) on one instance in its own process, with ``options``
+    added; verdict and stage from its log.jsonl."""
     folder = out / "maar" / name
     command = [sys.executable, "-m", "maar_plugin", "verify", "--onnx", str(instance.onnx.resolve()),
                "--vnnlib", str(instance.vnnlib.resolve()), "--timeout", str(timeout), "--out", str(folder),
-               "--no-progress"]
+               "--device", "cpu", "--no-progress", *options]
     code, wall, peak = run_measured(command, REPO, out / "maar" / f"{name}.log", timeout + KILL_GRACE,
                                     child_env(threads, REPO))
     records = read_log(folder) if folder.exists() else []
@@ -135,25 +138,54 @@ def abcrown_config(base: dict, instance: Instance, timeout: float, results_file:
     general.update(device="cpu", results_file=str(results_file), csv_name=None, root_path="")
     general.setdefault("complete_verifier", "bab")
     config.pop("data", None)  # start/end select rows of a csv
-    config.setdefault("model", {})["onnx_path"] = str(instance.onnx.resolve())
-    config.setdefault("specification", {})["vnnlib_path"] = str(instance.vnnlib.resolve())
+    config.setdefault("model", {})["onnx_path"] = str(instance.onnx.absolute())  # links stay links
+    config.setdefault("specification", {})["vnnlib_path"] = str(instance.vnnlib.absolute())
     config.setdefault("bab", {})["timeout"] = timeout
     return config
 
 
+def staged(instance: Instance, folder: Path) -> Instance:
+    """``instance`` through links in a fresh ``folder``: α,β-CROWN caches what it parsed beside its inputs
+    (``*.compiled``, ``*.optimized``), so every run starts cold, as ours does, and the user's checkout
+    stays as it was."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    links = []
+    for path in (instance.onnx, instance.vnnlib):
+        link = folder / path.name
+        link.symlink_to(path.resolve())
+        links.append(link)
+    return Instance(links[0], links[1], instance.timeout)
+
+
+def drop_caches(folder: Path) -> None:
+    """What α,β-CROWN wrote into a staging folder (the links stay, so the run's config still resolves)."""
+    for path in folder.iterdir():
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def run_abcrown(instance: Instance, name: str, timeout: float, out: Path, abcrown: Path, python: Path,
                 base: dict, threads: int | None) -> Run:
-    """α,β-CROWN's abcrown.py on one instance; verdict from its results file, its time from 'Time:'."""
+    """α,β-CROWN's abcrown.py on one instance (staged, see :func:`staged`); verdict from its results file,
+    its time from 'Time:'."""
     folder = out / "abcrown"
     folder.mkdir(parents=True, exist_ok=True)
     results_file = folder / f"{name}.txt"
     results_file.unlink(missing_ok=True)
     config_path = folder / f"{name}.yaml"
-    atomic_write_text(config_path, yaml.safe_dump(abcrown_config(base, instance, timeout, results_file.resolve())))
+    stage = folder / f"{name}.files"
+    atomic_write_text(config_path, yaml.safe_dump(abcrown_config(base, staged(instance, stage), timeout,
+                                                                 results_file.resolve())))
     log_path = folder / f"{name}.log"
     command = [str(python), "abcrown.py", "--config", str(config_path.resolve())]
     code, wall, peak = run_measured(command, abcrown / "complete_verifier", log_path, timeout + KILL_GRACE,
                                     child_env(threads))
+    drop_caches(stage)
     if code is None:
         return Run("killed", wall, None, peak, message=f"killed after {wall:.0f} s")
     if not results_file.exists():
