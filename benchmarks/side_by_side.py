@@ -18,19 +18,19 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.errors import MaarError
 from maar_plugin.verification import Instance
-from verifier_comparison import DECIDED, Row, contradiction, read_rows, run_abcrown, run_maar, summary, table, \
-    write_rows
+from verifier_comparison import (DECIDED, KILL_GRACE, Row, contradiction, read_rows, run_abcrown, run_maar, summary,
+                                 table, write_rows)
 from vnncomp_sets import NAMED_SETS, SUITES, ResolvedSet, merged, own_set, resolve, sample
 
 FAILED = ("error", "killed")  # killed: still running KILL_GRACE seconds past the timeout
 TOOLS = ("maar", "abcrown")
+ERROR_ENDS = (200, 120)  # characters kept of a long error message's start and end in the summary
 
 
 @dataclass
@@ -84,7 +84,8 @@ def plan(args: argparse.Namespace) -> list[Planned]:
     for definition in definitions:
         resolved = resolve(definition, checkouts, args.abcrown, configs.get(definition.name))
         if args.threads is not None:  # α,β-CROWN's MIP starts a solver process per core by default
-            resolved.abcrown_config = merged(resolved.abcrown_config, {"solver": {"mip": {"parallel_solvers": args.threads}}})
+            resolved.abcrown_config = merged(resolved.abcrown_config,
+                                             {"solver": {"mip": {"parallel_solvers": args.threads}}})
         selected = sample(resolved.instances, args.sample, args.seed)
         missing = missing_files(selected)
         if missing:
@@ -110,7 +111,9 @@ def missing_files(instances: list) -> str | None:
 
 
 def duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+    if seconds >= 5400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def run_set(planned: Planned, args: argparse.Namespace, progress: dict) -> list[Row]:
@@ -151,9 +154,10 @@ def set_figures(rows: list[Row]) -> dict:
     figures: dict = {"instances": len(rows)}
     for tool in TOOLS:
         runs = [getattr(row, tool) for row in rows]
+        failed = [(row.instance, run.message) for row, run in zip(rows, runs) if run.verdict in FAILED]
         figures[tool] = {"sat": sum(run.verdict == "sat" for run in runs),
                          "unsat": sum(run.verdict == "unsat" for run in runs),
-                         "errors": sum(run.verdict in FAILED for run in runs),
+                         "errors": len(failed), "first_error": ": ".join(failed[0]) if failed else None,
                          "peak_mb": max((run.peak_mb for run in runs), default=None)}
     figures["contradictions"] = [row.instance for row in rows if contradiction(row)]
     figures["both_decide"] = len(both)
@@ -180,6 +184,13 @@ def total_figures(per_set: dict[str, dict]) -> dict:
     return total
 
 
+def shortened(message: str) -> str:
+    """``message`` with its middle left out where long: our errors say what at the start, a crash's log
+    tail at the end."""
+    head, tail = ERROR_ENDS
+    return message if len(message) <= head + tail else f"{message[:head]} … {message[-tail:]}"
+
+
 def markdown(per_set: dict[str, dict], total: dict, timeout: float, threads: int | None) -> str:
     """The summary table: one row per set and a total row, then the contradictions by name."""
     ratio = lambda value: f"{value:.2f}" if value is not None else "-"
@@ -187,7 +198,7 @@ def markdown(per_set: dict[str, dict], total: dict, timeout: float, threads: int
     lines = [f"Timeout {timeout:g} s for both, {threads if threads is not None else 'default'} torch thread(s) each. "
              "Ratios: ours / α,β-CROWN's time (below 1: ours is faster), median over the instances both decide; "
              "wall: process start to exit; own: each verifier's reported time. Errors: `error` or killed "
-             "(still running 60 s past the timeout).", "",
+             f"(still running {KILL_GRACE:g} s past the timeout).", "",
              "| set | instances | maar sat / unsat | α,β-CROWN sat / unsat | contradictions | errors maar / α,β-CROWN "
              "| both decide | ratio wall | ratio own | peak MB maar / α,β-CROWN |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -200,6 +211,10 @@ def markdown(per_set: dict[str, dict], total: dict, timeout: float, threads: int
                      f"| {peak(f['maar']['peak_mb'])} / {peak(f['abcrown']['peak_mb'])} |")
     if total["contradictions"]:
         lines += ["", f"Contradictions (one says sat, the other unsat): {', '.join(total['contradictions'])}"]
+    errors = [f"- {name} {tool}: {f[tool]['errors']}, the first {shortened(f[tool]['first_error'])}"
+              for name, f in per_set.items() for tool in TOOLS if f[tool]["errors"]]
+    if errors:
+        lines += ["", "Errors:", *errors]
     return "\n".join(lines) + "\n"
 
 

@@ -100,6 +100,7 @@ def test_counts_contradictions_and_a_sample_resumed_to_the_whole_set(tmp_path):
     assert total["median_wall_ratio"] == mnist["median_wall_ratio"] > 0
     table = (out / "summary.md").read_text()
     assert "| mnist_fc | 3 | 1 / 2 | 2 / 1 | 1 | 0 / 0 | 3 |" in table and "| **total** | 4 |" in table
+    assert "- acasxu abcrown: 1, the first net__never_crash: exit 1:" in table and "crashes alpha-beta-CROWN" in table
     assert table in second.stdout
 
     sources = read_sources([out / "mnist_fc"])  # what `maar report` draws
