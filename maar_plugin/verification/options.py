@@ -36,6 +36,8 @@ class BabOptions:
                                              "of ReLUs")
     branching: str = option("intercept", "which unstable ReLU a domain splits on", choices=BRANCHING_NAMES)
     branching_candidates: int = option(3, "fsb: candidates per score that are bounded before choosing")
+    refine_rows: int = option(512, "a later ReLU layer with at most this many unstable neurons has their bounds "
+                                   "recomputed in every domain, under its splits (0: never)")
 
     def __post_init__(self) -> None:
         if self.branching not in BRANCHING_NAMES:
@@ -43,7 +45,7 @@ class BabOptions:
         for name in ("batch_size", "branching_candidates", "attack_every"):
             if getattr(self, name) < 1:
                 raise MaarError(f"bab {name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
-        for name in ("iterations", "root_iterations", "input_split_max_inputs"):
+        for name in ("iterations", "root_iterations", "input_split_max_inputs", "refine_rows"):
             if getattr(self, name) < 0:
                 raise MaarError(f"bab {name.replace('_', '-')} must be at least 0, not {getattr(self, name)}")
 
@@ -61,7 +63,8 @@ class VerifyOptions:
     device: str = option("auto", "where the bound passes run: cuda, cpu, or auto (cuda when there is one)",
                          choices=DEVICES)
     pgd_steps: int = option(50, "PGD steps per restart")
-    pgd_restarts: int = option(10, "PGD restarts per open disjunct (fewer on large networks)")
+    pgd_restarts: int = option(10, "PGD restarts per open disjunct (fewer on large networks); on small ones the PGD "
+                                   "stage tries 10 and 100 times as many, within a tenth of the timeout")
     alpha_iterations: int = option(20, "alpha-CROWN optimisation steps")
     alpha_lr: float = option(0.5, "alpha-CROWN learning rate")
     memory_limit: float = option(4.0, "GB a network may need (larger ones are an error); branch and bound keeps "
@@ -77,9 +80,11 @@ class VerifyOptions:
             raise MaarError(f"--memory-limit must be positive (GB), got {self.memory_limit:g}")
         if self.device not in DEVICES and not self.device.startswith("cuda:"):
             raise MaarError(f"--device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
-        for name in ("pgd_steps", "pgd_restarts", "alpha_iterations"):
+        for name in ("pgd_steps", "alpha_iterations"):
             if getattr(self, name) < 0:
                 raise MaarError(f"--{name.replace('_', '-')} must be at least 0, not {getattr(self, name)}")
+        if self.pgd_restarts < 1:
+            raise MaarError(f"--pgd-restarts must be at least 1, not {self.pgd_restarts}")
 
     @property
     def memory_bytes(self) -> float:

@@ -127,9 +127,18 @@ class LayerGraph(nn.Module):
         """Indices of the ReLU nodes, in topological order."""
         return [i for i in range(1, len(self.nodes)) if isinstance(self.module_of(i), nn.ReLU)]
 
-    def relu_neurons(self) -> int:
-        """How many ReLU outputs one forward pass computes (a measure of the network's size)."""
-        return sum(math.prod(self.nodes[i].shape) for i in self.relu_indices())
+    def multiply_adds(self) -> int:
+        """Multiply-adds of one forward pass of one example (Linear and Conv2d layers; a measure of its cost)."""
+        total = 0
+        for index in range(1, len(self.nodes)):
+            module = self.module_of(index)
+            if isinstance(module, nn.Linear):
+                total += module.weight.numel()
+            elif isinstance(module, nn.Conv2d):
+                total += module.weight.numel() * math.prod(self.nodes[index].shape[1:])
+            else:
+                total += math.prod(self.nodes[index].shape)
+        return total
 
     def node_values(self, x: Tensor) -> list[Tensor]:
         """The value of every node for inputs ``x`` [batch, *example_shape]."""

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch._dynamo
 
-from maar_plugin.attacks import pgd_maximize
 from maar_plugin.bounds.lirpa import IntermediateBounds, failed_inside_lirpa
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.bounding.lirpa_stages import Bounds, count_unstable, intersect, outward
@@ -34,6 +33,7 @@ from maar_plugin.verification.network.runtime import confirmed_counterexample
 from maar_plugin.verification.options import VerifyOptions
 from maar_plugin.verification.result import STAGES, InstanceResult, Stage, StageState, Verdict
 from maar_plugin.verification.run.models import LoadedModel, ModelCache
+from maar_plugin.verification.search.attack import DisjunctAttack, stacked_rows
 from maar_plugin.verification.search.bab import BabProblem, BranchAndBound
 from maar_plugin.verification.search.input_split import InputSplitSearch
 from maar_plugin.vnnlib.property import VnnlibProperty
@@ -66,7 +66,7 @@ class _Case:
         return [i for i, refuted in enumerate(self.refuted) if not refuted]
 
 
-PGD_NEURON_BUDGET = 2_000_000  # ReLU outputs per PGD step (batch × the network's ReLU neurons), see Cascade.attack
+ATTACK_SHARE = 0.1   # of an instance's timeout, for the PGD stage's escalating restarts
 
 
 class _OutOfTime(Exception):
@@ -105,8 +105,16 @@ class Cascade:
             self.try_counterexample(case, (case.prop.input_lower + case.prop.input_upper) / 2)
 
     def attack_all(self) -> None:
+        """PGD with ``pgd_restarts`` per open disjunct, then, on networks cheap enough, ten and a hundred times
+        as many (within the step budget) while the stage has used less than ATTACK_SHARE of the timeout."""
+        started, share = time.monotonic(), ATTACK_SHARE * (self.deadline - time.monotonic())
         for case in self.open_cases():
-            self.attack(case)
+            restarts = self.options.pgd_restarts
+            while not case.proved and case.counterexample is None:
+                if self.attack(case, restarts=restarts) or not self.affordable_restarts(case, 10 * restarts) \
+                        or time.monotonic() - started > share:
+                    break
+                restarts *= 10
 
     def bound_all(self, method: Stage) -> None:
         if method == "alpha-CROWN" and not self.model.bound_stages.full_crown:
@@ -126,52 +134,39 @@ class Cascade:
             case.counterexample = found
         return found is not None
 
-    def attack(self, case: _Case, start: np.ndarray | torch.Tensor | None = None, steps: int | None = None,
+    def affordable_restarts(self, case: _Case, restarts: int) -> bool:
+        """Whether ``restarts`` per open disjunct fit one PGD step's budget."""
+        attack = DisjunctAttack(self.model.bound_stages.model, case.prop, self.model.bound_stages.device,
+                                self.model.graph.multiply_adds())
+        return restarts * len(case.open_disjuncts()) <= attack.affordable
+
+    def attack(self, case: _Case, starts: np.ndarray | torch.Tensor | None = None, steps: int | None = None,
                disjuncts: list[int] | None = None, restarts: int | None = None) -> bool:
-        """PGD towards each of ``disjuncts`` (default: the open ones) at once: one batch element per restart
-        and disjunct, each maximising its own disjunct's smallest row slack ``d - C y`` (a gradient through
-        a max over disjuncts would only ever pull towards one of them). On large networks the batch is cut
-        to ``PGD_NEURON_BUDGET`` ReLU evaluations per step (at least one element per disjunct, targets
-        taken in turn). Steps start at a quarter of the box's half-width and
-        shrink by 1 % a step (as α,β-CROWN's attack)."""
+        """PGD towards each of ``disjuncts`` (default: the open ones; :mod:`~..search.attack`), from ``starts``
+        and random points (``restarts`` per disjunct, default ``pgd_restarts``); the best three points are
+        tried on the reference model."""
         disjuncts = case.open_disjuncts() if disjuncts is None else disjuncts
-        rows, offsets, owners = _stacked_rows(case.prop, disjuncts)
-        device = self.model.bound_stages.device
-        C = torch.as_tensor(rows, dtype=torch.float32, device=device)
-        d = torch.as_tensor(offsets, dtype=torch.float32, device=device)
-        owner = torch.as_tensor(owners, device=device)
-        restarts = self.options.pgd_restarts if restarts is None else restarts
-        # Row mask [D, rows]: the rows of each target disjunct; an element's value is its target's min slack.
-        mask = owner[None, :] == torch.as_tensor(disjuncts, device=device)[:, None]
-        affordable = PGD_NEURON_BUDGET // max(1, self.model.graph.relu_neurons())
-        batch = min(restarts * len(disjuncts), max(affordable, len(disjuncts)))
-        target = torch.arange(batch, device=device) % len(disjuncts)
+        attack = DisjunctAttack(self.model.bound_stages.model, case.prop, self.model.bound_stages.device,
+                                self.model.graph.multiply_adds())
+        starts = None if starts is None else torch.as_tensor(starts, dtype=torch.float32).reshape(
+            -1, self.model.graph.num_inputs)
+        points = attack.candidates(disjuncts, self.options.pgd_restarts if restarts is None else restarts,
+                                   self.options.pgd_steps if steps is None else steps, starts)
+        return any(self.try_counterexample(case, point.double().cpu().numpy().reshape(-1)) for point in points)
 
-        def violation(outputs: torch.Tensor) -> torch.Tensor:
-            slack = d - outputs @ C.T
-            return slack.masked_fill(~mask[target], torch.inf).min(dim=1).values
+    def bound(self, case: _Case, method: Stage) -> None:
+        """Refute the case's open disjuncts by ``method``'s bounds. alpha-CROWN first optimises the final layer's
+        slopes only, over CROWN's intermediate bounds (cheap); where that leaves a disjunct open, it optimises
+        every layer's slopes (auto_LiRPA's full alpha-CROWN: tighter intermediate bounds, which branch and
+        bound then starts from)."""
+        self.bound_with(case, method, case.crown_intermediate if method == "alpha-CROWN" else None)
+        if method == "alpha-CROWN" and not case.proved and case.crown_intermediate is not None:
+            self.bound_with(case, method, None)
 
-        lower = torch.as_tensor(case.prop.input_lower, dtype=torch.float32, device=device).reshape(1, -1)
-        upper = torch.as_tensor(case.prop.input_upper, dtype=torch.float32, device=device).reshape(1, -1)
-        lower, upper = lower.expand(len(target), -1), upper.expand(len(target), -1)
-        starts = lower + torch.rand_like(lower) * (upper - lower)
-        if start is not None:
-            starts[: len(disjuncts)] = torch.as_tensor(start, dtype=torch.float32, device=device).reshape(1, -1)
-        best = pgd_maximize(self.model.bound_stages.model, lower, upper, violation,
-                            steps=self.options.pgd_steps if steps is None else steps, restarts=1, start=starts,
-                            step_size=(upper - lower) / 8, step_decay=0.99, stop_above=1e-3)
-        with torch.no_grad():
-            scores = violation(self.model.bound_stages.model(best))
-        for index in torch.argsort(scores, descending=True)[:3]:
-            if self.try_counterexample(case, best[int(index)].double().cpu().numpy().reshape(-1)):
-                return True
-        return False
-
-    def bound(self, case: _Case, method: str) -> None:
+    def bound_with(self, case: _Case, method: Stage, intermediate: IntermediateBounds | None) -> None:
         open_disjuncts = case.open_disjuncts()
-        rows, offsets, owners = _stacked_rows(case.prop, open_disjuncts)
+        rows, offsets, owners = stacked_rows(case.prop, open_disjuncts)
         stages = self.model.bound_stages
-        intermediate = case.crown_intermediate if method == "alpha-CROWN" else None
         try:
             margins = stages.spec_lower_bounds(case.prop.input_lower, case.prop.input_upper, rows, method,
                                                intermediate) - offsets
@@ -217,11 +212,11 @@ class Cascade:
             return None
 
         def attack(points: torch.Tensor) -> torch.Tensor | None:
-            return points[0] if self.attack(case, start=points[0], steps=20, restarts=1) else None
+            return points[0] if self.attack(case, starts=points, steps=20, restarts=len(points)) else None
 
         options, memory = self.options.bab, self.model.memory
         if graph.num_inputs <= options.input_split_max_inputs:
-            search = InputSplitSearch(self.model.bound_stages, self.model.engine(), problem, options, memory, confirm)
+            search = InputSplitSearch(self.model.engine(), problem, options, memory, confirm)
         else:
             search = BranchAndBound(self.model.engine(), problem, options, memory, confirm, attack)
         outcome = search.run(self.deadline)
@@ -248,14 +243,6 @@ class Cascade:
     def unstable_relus(self) -> int | None:
         counts = [count_unstable(case.preactivation) for case in self.cases if case.preactivation is not None]
         return sum(counts) if counts else None
-
-
-def _stacked_rows(prop: VnnlibProperty, disjuncts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All rows of the given disjuncts as one spec matrix, their offsets and the disjunct of each row."""
-    rows = np.concatenate([prop.unsafe[j].coefficients for j in disjuncts]).astype(np.float64)
-    offsets = np.concatenate([prop.unsafe[j].bounds for j in disjuncts]).astype(np.float64)
-    owners = np.concatenate([np.full(len(prop.unsafe[j].bounds), j) for j in disjuncts])
-    return rows, offsets, owners
 
 
 def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: float | None = None,

@@ -137,6 +137,8 @@ class BranchAndBound:
         self.batch_size = max(1, min(options.batch_size, int(memory.search_pass // (2 * max(per_domain, 1)))))
         self.candidate_chunk = max(2, int(memory.search_pass // max(per_domain, 1)))   # children per FSB pass
         self.max_domains = max(1000, int(memory.search_store // max(1, self.num_unstable * (1 + 8 * self.rows))))
+        # later ReLUs whose unstable neurons are few enough to be bounded again in every domain
+        self.refined = [relu for relu in engine.relus[1:] if 0 < self.unstable[relu].numel() <= options.refine_rows]
 
     def run(self, deadline: float) -> BabOutcome:
         disjuncts = torch.arange(self.C.shape[0], device=self.engine.device)
@@ -261,6 +263,7 @@ class BranchAndBound:
         thresholds = self.thresholds[domains.disjunct].T
         relu_bounds, split_signs = self._relu_bounds(domains.signs)
         lower, upper = self.lower.expand(batch, -1), self.upper.expand(batch, -1)
+        self._refine(relu_bounds, lower, upper)
         slopes = {relu: adaptive_lower_slope(*self.root[relu]) for relu in self.engine.relus}
         alpha = domains.alpha.permute(1, 0, 2).clone().requires_grad_(True)   # [R, B, U]
         beta = domains.beta.permute(1, 0, 2).clone().requires_grad_(True)
@@ -295,6 +298,28 @@ class BranchAndBound:
                         best_beta.permute(1, 0, 2)[keep], domain_margin[keep], None)
         kept.choice = self._branching_choice(result, best.argmax(dim=0)[keep], keep, kept)
         return kept, found
+
+    def _refine(self, relu_bounds: dict[int, tuple[Tensor, Tensor]], lower: Tensor, upper: Tensor) -> None:
+        """Bound the root-unstable neurons of the ``refined`` ReLUs again in every domain, layer by layer, by
+        CROWN over the domain's (already refined) earlier bounds, whose split neurons are clamped at 0: valid on
+        the domain, and intersected with what was known (β-CROWN's intermediate bounds after a split, without
+        β). ``relu_bounds`` is updated in place."""
+        for relu in self.refined:
+            index = self.unstable[relu]
+            source = self.engine.relu_inputs[relu]
+            low, up = relu_bounds[relu]
+            batch, shape, count = low.shape[0], low.shape[1:], index.numel()
+            C = torch.zeros(2 * count, low[0].numel(), dtype=self.engine.dtype, device=self.engine.device)
+            rows = torch.arange(count, device=self.engine.device)
+            C[rows, index], C[rows + count, index] = 1.0, -1.0
+            with torch.no_grad():
+                result = self.engine.bound(C[:, None].expand(-1, batch, -1).reshape(2 * count, batch, *shape),
+                                           lower, upper, relu_bounds, start=source)
+            flat_low, flat_up = low.reshape(batch, -1).clone(), up.reshape(batch, -1).clone()
+            flat_low[:, index] = torch.maximum(flat_low[:, index], result.lower[:count].T)
+            flat_up[:, index] = torch.minimum(flat_up[:, index], -result.lower[count:].T)
+            flat_up = torch.maximum(flat_up, flat_low)
+            relu_bounds[relu] = (flat_low.reshape(low.shape), flat_up.reshape(up.shape))
 
     def _check_primal(self, result, C: Tensor, offsets: Tensor, open_domains: Tensor) -> Tensor | None:
         """Run the bound-minimising inputs of the open domains through the network; ``confirm`` those that
