@@ -36,7 +36,7 @@ class BabOptions:
                                              "of ReLUs")
     branching: str = option("intercept", "which unstable ReLU a domain splits on", choices=BRANCHING_NAMES)
     branching_candidates: int = option(3, "fsb: candidates per score that are bounded before choosing")
-    refine_rows: int = option(512, "a later ReLU layer with at most this many unstable neurons has their bounds "
+    refine_rows: int = option(0, "a later ReLU layer with at most this many unstable neurons has their bounds "
                                    "recomputed in every domain, under its splits (0: never)")
 
     def __post_init__(self) -> None:
