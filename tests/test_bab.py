@@ -11,7 +11,7 @@ from helpers import residual_conv_graph
 from maar_plugin.errors import MaarError
 from maar_plugin.testing.dense import AffineLayer, ReluNetwork
 from maar_plugin.testing.milp import milp_verdict
-from maar_plugin.testing.problems import branch_and_bound
+from maar_plugin.testing.problems import branch_and_bound, near_tie_problem
 from maar_plugin.verification.bounding.linear import SplitBoundEngine
 from maar_plugin.verification.memory import MemoryBudget
 from maar_plugin.verification.options import BRANCHING_NAMES, BabOptions
@@ -122,6 +122,28 @@ def test_fsb_splits_an_unsplit_relu_whose_worse_child_beats_the_intercept_choice
     assert int(compared.sum()) >= len(kept) // 2
     assert bool((worse[compared, 0] >= worse[compared, 1] - 1e-5).all())
     assert bool((fsb != intercept).any())      # FSB's choice differs somewhere, so the comparison has teeth
+
+
+def test_the_search_goes_on_while_the_domain_store_has_room_and_stops_when_it_is_full():
+    """Seed 0 of the near ties holds (MILP: unsat); best first it keeps at most about 38 domains open. Room for
+    40 proves it (depth first once the store is half full); room for fewer than two children is unknown."""
+    problem = near_tie_problem(0, [6, 16, 16, 3])
+    assert milp_verdict(*problem) == "unsat"
+    options = BabOptions(batch_size=8)
+    _, roomy = branch_and_bound(*problem, options, timeout=60, max_domains=40)
+    assert roomy.status == "proved", roomy.message
+    _, full = branch_and_bound(*problem, options, timeout=60, max_domains=1)
+    assert full.status == "unknown" and "memory limit" in full.message
+
+
+def test_depth_first_takes_the_most_split_domains_lowest_bound_first():
+    signs = torch.tensor([[1, 0, 0], [1, -1, 0], [0, 0, 0], [1, 1, -1], [-1, 1, 0]], dtype=torch.int8)
+    margin = torch.tensor([-1.0, -0.5, -3.0, -0.1, -2.0])
+    alpha = torch.zeros(5, 1, 3, dtype=torch.float16)
+    domains = _Domains(torch.zeros(5, dtype=torch.long), signs, alpha, alpha.clone(), margin, torch.zeros(5))
+    taken = domains.pop_worst(3, deepest=True)
+    assert sorted(taken.margin.tolist()) == [-2.0, -0.5, pytest.approx(-0.1)] and len(domains) == 2
+    assert domains.pop_worst(1).margin.tolist() == [-3.0]
 
 
 def test_the_options_name_every_branching_strategy():

@@ -134,10 +134,11 @@ def near_tie_problem(seed: int, sizes: list[int]) -> tuple[ReluNetwork, np.ndarr
 
 
 def branch_and_bound(network: ReluNetwork, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, d: np.ndarray,
-                     options: BabOptions, timeout: float, memory_limit: float = 4e9
+                     options: BabOptions, timeout: float, memory_limit: float = 4e9, max_domains: int | None = None
                      ) -> tuple[BranchAndBound, BabOutcome]:
     """Branch and bound alone on a dense problem, from CROWN's root bounds: the search (for inspection) and
-    its outcome; counterexamples are confirmed on the float64 network."""
+    its outcome; counterexamples are confirmed on the float64 network. ``max_domains`` overrides the store's
+    capacity that the memory limit gives."""
     engine = SplitBoundEngine(network.to_graph())
     box_lower, box_upper = torch.tensor(lower, dtype=torch.float32), torch.tensor(upper, dtype=torch.float32)
     root = engine.intermediate_bounds(box_lower[None], box_upper[None])
@@ -153,4 +154,6 @@ def branch_and_bound(network: ReluNetwork, lower: np.ndarray, upper: np.ndarray,
         return None
 
     search = BranchAndBound(engine, problem, options, MemoryBudget(memory_limit), confirm)
+    if max_domains is not None:
+        search.max_domains = max_domains
     return search, search.run(time.monotonic() + timeout)

@@ -15,7 +15,11 @@ confirmed point ends the search.
 
 Domains are tensors, not objects: per domain its disjunct, its split signs, α and β on the root's
 unstable ReLUs only (a stable ReLU has no slope to choose and is never split), its bound and its next
-branching choice. Memory per domain is ``U·(1 + 8R)`` bytes for U root-unstable ReLUs and R rows.
+branching choice; α and β in half precision. Memory per domain is about ``U·(1 + 4R)`` bytes for U
+root-unstable ReLUs and R rows. The search is best first (the lowest bound) while the domain store is less
+than half full (its share of the memory limit), then depth first (the domains with the most splits, which
+close fastest), and never takes more parents than the store can hold children: it gives up for memory
+only when the store is full.
 """
 from __future__ import annotations
 
@@ -65,8 +69,11 @@ class BabOutcome:
     message: str = ""
 
 
+STORED = torch.float16   # α and β as stored between passes: any α in [0, 1] and β >= 0 keeps a bound sound
+
+
 class _Domains:
-    """The unproved domains as stacked tensors."""
+    """The unproved domains as stacked tensors (α and β in ``STORED`` precision)."""
 
     def __init__(self, disjunct: Tensor, signs: Tensor, alpha: Tensor, beta: Tensor, margin: Tensor, choice: Tensor):
         self.disjunct, self.signs, self.alpha, self.beta = disjunct, signs, alpha, beta
@@ -79,15 +86,14 @@ class _Domains:
         for name in ("disjunct", "signs", "alpha", "beta", "margin", "choice"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
 
-    def pop_worst(self, count: int) -> _Domains:
-        """Remove and return the ``count`` domains with the lowest margin."""
+    def pop_worst(self, count: int, deepest: bool = False) -> _Domains:
+        """Remove and return the ``count`` domains with the lowest margin, or (``deepest``) those with the most
+        splits, the lowest margin first among equals."""
         order = torch.argsort(self.margin)
-        taken, kept = order[:count], order[count:]
-        picked = _Domains(*(getattr(self, name)[taken] for name in ("disjunct", "signs", "alpha", "beta", "margin",
-                                                                      "choice")))
-        for name in ("disjunct", "signs", "alpha", "beta", "margin", "choice"):
-            setattr(self, name, getattr(self, name)[kept])
-        return picked
+        if deepest:
+            depth = (self.signs != 0).sum(dim=1)[order]
+            order = order[torch.argsort(depth, descending=True, stable=True)]
+        return self.pop(torch.zeros_like(self.margin, dtype=torch.bool).index_fill_(0, order[:count], True))
 
     def pop(self, taken: Tensor) -> _Domains:
         """Remove and return the domains where the boolean mask ``taken`` is set."""
@@ -136,7 +142,7 @@ class BranchAndBound:
         # the 2·batch children of one pass, and the stored domains, each within their share of the memory
         self.batch_size = max(1, min(options.batch_size, int(memory.search_pass // (2 * max(per_domain, 1)))))
         self.candidate_chunk = max(2, int(memory.search_pass // max(per_domain, 1)))   # children per FSB pass
-        self.max_domains = max(1000, int(memory.search_store // max(1, self.num_unstable * (1 + 8 * self.rows))))
+        self.max_domains = max(1000, int(memory.search_store // max(1, self.num_unstable * (1 + 4 * self.rows) + 32)))
         # later ReLUs whose unstable neurons are few enough to be bounded again in every domain
         self.refined = [relu for relu in engine.relus[1:] if 0 < self.unstable[relu].numel() <= options.refine_rows]
 
@@ -144,7 +150,7 @@ class BranchAndBound:
         disjuncts = torch.arange(self.C.shape[0], device=self.engine.device)
         count = len(disjuncts)
         signs = torch.zeros(count, self.num_unstable, dtype=torch.int8, device=self.engine.device)
-        alpha = self._default_alpha(count)
+        alpha = self._default_alpha(count).to(STORED)
         beta = torch.zeros_like(alpha)
         domains, found = self._bound(_Domains(disjuncts, signs, alpha, beta, None, None), self.options.root_iterations,
                                      deadline)
@@ -153,7 +159,8 @@ class BranchAndBound:
             if time.monotonic() > deadline:
                 return BabOutcome("timeout", domains=visited, iterations=iterations,
                                   message=f"{len(domains)} domains open at the deadline")
-            if len(domains) > self.max_domains:
+            room = (self.max_domains - len(domains)) // 2       # each parent becomes two children
+            if room < 1:
                 return BabOutcome("unknown", domains=visited, iterations=iterations,
                                   message=f"more than {self.max_domains} open domains (memory limit)")
             if bool((domains.choice < 0).any()):
@@ -163,7 +170,8 @@ class BranchAndBound:
                                       message="the deadline passed during an exact LP")
                 undecided = undecided or note      # the other domains may still hold a counterexample
                 continue
-            parents = domains.pop_worst(self.batch_size)
+            # best first while the store is less than half full, then depth first (deep domains close fastest)
+            parents = domains.pop_worst(min(self.batch_size, room), deepest=2 * len(domains) >= self.max_domains)
             children = self._split(parents)
             visited += len(children)
             iterations += 1
@@ -265,8 +273,9 @@ class BranchAndBound:
         lower, upper = self.lower.expand(batch, -1), self.upper.expand(batch, -1)
         self._refine(relu_bounds, lower, upper)
         slopes = {relu: adaptive_lower_slope(*self.root[relu]) for relu in self.engine.relus}
-        alpha = domains.alpha.permute(1, 0, 2).clone().requires_grad_(True)   # [R, B, U]
-        beta = domains.beta.permute(1, 0, 2).clone().requires_grad_(True)
+        dtype = self.engine.dtype
+        alpha = domains.alpha.permute(1, 0, 2).to(dtype).requires_grad_(True)   # [R, B, U]
+        beta = domains.beta.permute(1, 0, 2).to(dtype).requires_grad_(True)
         optimizer = torch.optim.Adam([{"params": [alpha], "lr": self.options.lr_alpha},
                                       {"params": [beta], "lr": self.options.lr_beta}])
         best = torch.full((self.rows, batch), -torch.inf, dtype=self.engine.dtype, device=self.engine.device)
@@ -294,8 +303,8 @@ class BranchAndBound:
         open_domains = domain_margin <= 0
         found = self._check_primal(result, C, offsets, open_domains)
         keep = torch.nonzero(open_domains).reshape(-1)
-        kept = _Domains(domains.disjunct[keep], domains.signs[keep], best_alpha.permute(1, 0, 2)[keep],
-                        best_beta.permute(1, 0, 2)[keep], domain_margin[keep], None)
+        kept = _Domains(domains.disjunct[keep], domains.signs[keep], best_alpha.permute(1, 0, 2)[keep].to(STORED),
+                        best_beta.permute(1, 0, 2)[keep].to(STORED), domain_margin[keep], None)
         kept.choice = self._branching_choice(result, best.argmax(dim=0)[keep], keep, kept)
         return kept, found
 
@@ -376,8 +385,9 @@ class BranchAndBound:
         batch = len(domains)
         slopes = {relu: adaptive_lower_slope(*self.root[relu]) for relu in self.engine.relus}
         result = self.engine.bound(C, self.lower.expand(batch, -1), self.upper.expand(batch, -1), relu_bounds,
-                                   alphas=self._expand(domains.signs, domains.alpha.permute(1, 0, 2), slopes),
-                                   betas=self._expand(domains.signs, domains.beta.permute(1, 0, 2)),
+                                   alphas=self._expand(domains.signs, domains.alpha.permute(1, 0, 2).to(self.engine.dtype),
+                                                       slopes),
+                                   betas=self._expand(domains.signs, domains.beta.permute(1, 0, 2).to(self.engine.dtype)),
                                    split_signs=split_signs)
         margin = result.lower - offsets - thresholds - FLOAT32_ALLOWANCE * result.magnitude
         return margin.max(dim=0).values
