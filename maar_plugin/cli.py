@@ -41,8 +41,8 @@ def retry_open_option(command):
                              "a resumed run (0: no second pass)")(command)
 
 
-ABCROWN_OPTIONS = {"timeout", "device"}
-REPRODUCE_OWN_OPTIONS = ("timeout", "device")   # the recipe's certify_timeout; reproduce's --device does both   # the VerifyOptions an α,β-CROWN run takes; it has its own for the rest
+ABCROWN_OPTIONS = {"timeout", "device"}  # the VerifyOptions an α,β-CROWN run takes; it has its own for the rest
+REPRODUCE_OWN_OPTIONS = ("timeout", "device")   # the recipe's certify_timeout; reproduce's --device does both
 
 
 def make_verifier(name: str, checkout: str | None, python: str | None, given: dict | None = None,
@@ -283,7 +283,8 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
 @click.option("--per-instance", "per_instance", is_flag=True, help="also list every instance (verify and comparison "
               "folders; several: side by side)")
 @click.option("--instances", "per_instance_alias", is_flag=True, hidden=True)  # the old name of --per-instance
-@click.option("--objectives", "rows", help="only these comma-separated rows of a `maar reproduce` folder (printed, not saved)")
+@click.option("--objectives", "rows",
+              help="only these comma-separated rows of a `maar reproduce` folder (printed, not saved)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="folder for the figures (cactus.png, funnel.png, cex-*.png)  [default: DIR/report for one folder]")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
@@ -347,7 +348,8 @@ def report(results_dirs: tuple[str, ...], per_instance: bool, per_instance_alias
 
 @cli.command("reproduce")
 @click.argument("setting", required=False)
-@click.option("--model", default="dm-small", show_default=True, help="model; the recipe is SETTING-MODEL (`maar recipes`)")
+@click.option("--model", default="dm-small", show_default=True,
+              help="model; the recipe is SETTING-MODEL (`maar recipes`)")
 @click.option("--recipe", "recipe_name", help="a recipe name or .yaml file instead of SETTING and --model")
 @click.option("--objectives", default="natural,pgd,ibp,crown-ibp,maar-ibp,maar-crown-ibp", show_default=True,
               help="comma-separated rows, each an objective with optional :KEY=VALUE hyperparameters, "
@@ -407,8 +409,8 @@ def recipes_command(show_name: str | None, scale: str) -> None:
         recipe = load_recipe(show_name, scale)
         click.echo(yaml.safe_dump({"recipe": recipe.name, "scale": recipe.scale, "description": recipe.description,
                                    "sources": list(recipe.sources), "training": recipe.training,
-                                   "base_args": recipe.base_args, "evaluation": asdict(recipe.evaluation)}, sort_keys=False, allow_unicode=True,
-                                  width=110), nl=False)
+                                   "base_args": recipe.base_args, "evaluation": asdict(recipe.evaluation)},
+                                  sort_keys=False, allow_unicode=True, width=110), nl=False)
         return
     names = recipe_names()
     width = max(map(len, names), default=0)

@@ -45,8 +45,9 @@ def check_counterexample(result: InstanceResult, onnx_path: Path, lower: np.ndar
 def residual_conv_graph(seed: int) -> LayerGraph:
     """A seeded LayerGraph with a convolutional residual block, average pooling and a dense head."""
     torch.manual_seed(seed)
-    nodes = [GraphNode("x", (), (1, 6, 6), None), GraphNode("c1", (0,), (3, 6, 6), 0), GraphNode("r1", (1,), (3, 6, 6), 1),
-             GraphNode("c2", (2,), (3, 6, 6), 2), GraphNode("add", (3, 1), (3, 6, 6), 3), GraphNode("r2", (4,), (3, 6, 6), 4),
+    nodes = [GraphNode("x", (), (1, 6, 6), None), GraphNode("c1", (0,), (3, 6, 6), 0),
+             GraphNode("r1", (1,), (3, 6, 6), 1), GraphNode("c2", (2,), (3, 6, 6), 2),
+             GraphNode("add", (3, 1), (3, 6, 6), 3), GraphNode("r2", (4,), (3, 6, 6), 4),
              GraphNode("pool", (5,), (3, 3, 3), 5), GraphNode("flat", (6,), (27,), 6), GraphNode("fc", (7,), (8,), 7),
              GraphNode("r3", (8,), (8,), 8), GraphNode("out", (9,), (3,), 9)]
     layers = [nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=1, padding=1), Add(), nn.ReLU(),

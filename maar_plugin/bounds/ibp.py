@@ -146,7 +146,7 @@ def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm, reference: Tensor 
     """BatchNorm as ``scale * x + shift`` per channel: running statistics in eval mode, the clean batch's in
     train mode."""
     if _uses_batch_stats(norm):
-        dims = [0] + list(range(2, reference.ndim))
+        dims = [0, *range(2, reference.ndim)]
         mean, var = reference.mean(dims), reference.var(dims, unbiased=False)
     else:
         mean, var = norm.running_mean, norm.running_var

@@ -80,7 +80,7 @@ def side_by_side_table(sources: list[ResultSource]) -> str:
         for result in row.results:
             verdict = "-" if result is None else result.verdict + (f" ({result.stage})" if result.stage else "")
             cells += [verdict, "-" if result is None else f"{result.seconds:.3f}"]
-        rows.append(cells + ["CONTRADICTION" if row.contradiction else ""])
+        rows.append([*cells, "CONTRADICTION" if row.contradiction else ""])
     return format_rows(rows, left={0, len(header) - 1, *range(1, len(header) - 1, 2)})
 
 

@@ -98,7 +98,8 @@ def _significance_lines(comparisons: list[ImageComparison]) -> list[str]:
         for name, test in (("clean", comparison.clean), ("complete-certified", comparison.certified)):
             if test is None or not (test.interval_excludes_zero or test.test_rejects):
                 continue
-            text = f"{comparison.row} over {comparison.base}, {name} {test.difference:+.2f} points (p = {test.p_value:.2g})"
+            text = (f"{comparison.row} over {comparison.base}, {name} {test.difference:+.2f} points "
+                    f"(p = {test.p_value:.2g})")
             (both if test.interval_excludes_zero and test.test_rejects else one).append(text)
     if not both and not one:
         return ["No difference is significant: every interval contains 0 and every p ≥ 0.05."]

@@ -49,8 +49,8 @@ def read_plan(out_dir: str | Path) -> Plan:
     path = Path(out_dir) / PLAN_NAME
     try:
         data = json.loads(path.read_text())
-        return Plan(data["recipe"], data["scale"], tuple(data["rows"]), tuple(data["seeds"]), data.get("device", "auto"),
-                    dict(data["evaluation"]))
+        return Plan(data["recipe"], data["scale"], tuple(data["rows"]), tuple(data["seeds"]),
+                    data.get("device", "auto"), dict(data["evaluation"]))
     except FileNotFoundError:
         raise MaarError(f"{out_dir} is not a `maar reproduce` folder (no {PLAN_NAME})") from None
     except (ValueError, KeyError, TypeError) as error:
@@ -146,7 +146,9 @@ def _earlier_count(certify_dir: Path, count: int) -> str:
     earlier = json.loads(path.read_text()).get("count") if path.is_file() else None
     if earlier is None or earlier == count:
         return ""
-    return f" (extending the {earlier} certified)" if earlier < count else f" (the first {count} of the {earlier} certified)"
+    if earlier < count:
+        return f" (extending the {earlier} certified)"
+    return f" (the first {count} of the {earlier} certified)"
 
 
 @dataclass(frozen=True)

@@ -237,7 +237,8 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
         "mean ± sample standard deviation over seeds, in percent. *open*: instances left undecided (timeouts), "
         "summed over seeds; complete-certified is exact where it is 0.",
         "",
-        "| objective | seeds | " + " | ".join(title for _, title in METRICS) + " | open | training min/run | hardware |",
+        "| objective | seeds | " + " | ".join(title for _, title in METRICS)
+        + " | open | training min/run | hardware |",
         "|---" * (len(METRICS) + 5) + "|",
     ]
     for summary in summary_rows(results):

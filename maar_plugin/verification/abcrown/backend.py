@@ -111,7 +111,8 @@ class AbcrownVerifier:
                         if retry is not None:
                             retry.append(batch[position])
                             continue
-                        verdict, message = "unknown", f"{message}, but its counterexample is missing or fails onnxruntime"
+                        verdict = "unknown"
+                        message = f"{message}, but its counterexample is missing or fails onnxruntime"
                     yield index, _result(name, instance, verdict, seconds, message, found)
             finally:
                 run.stop()
@@ -143,7 +144,7 @@ class _Process:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
         threads = str(torch.get_num_threads())
         environment.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (the reader thread writes it; stop() closes it)
         self.process = subprocess.Popen(
             [str(self.verifier.python), "abcrown.py", "--config", str(config_path.resolve())],
             cwd=Path(self.verifier.checkout) / "complete_verifier", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -195,7 +196,7 @@ class _Process:
 
     def _remember(self, line: str) -> None:
         if line.strip():
-            self.last_lines = (self.last_lines + [line.strip()])[-3:]
+            self.last_lines = [*self.last_lines, line.strip()][-3:]
 
     def _last_words(self) -> str:
         return self.last_lines[-1][:200] if self.last_lines else "no output"

@@ -139,7 +139,8 @@ class _Builder:
             return
         for name in computed:
             if name not in self.computed:
-                raise MaarError(f"{node.op_type} node {self.label(node)} reads {name!r}, which no earlier node computes")
+                raise MaarError(f"{node.op_type} node {self.label(node)} reads {name!r}, "
+                                "which no earlier node computes")
         op = node.op_type
         handler = getattr(self, f"op_{op}", None)
         if op in _PASS_THROUGH or op == "Cast":
@@ -320,8 +321,9 @@ class _Builder:
             raise MaarError(f"Conv node {self.label(node)}: only 2-D convolutions are supported")
         padding = self.symmetric_pads(node, source, attributes)
         group = int(attributes.get("group", 1))
-        conv = nn.Conv2d(weight.shape[1] * group, weight.shape[0], weight.shape[2:], stride=self.ints(attributes, "strides"),
-                         padding=padding, dilation=self.ints(attributes, "dilations"), groups=group, bias=True)
+        conv = nn.Conv2d(weight.shape[1] * group, weight.shape[0], weight.shape[2:],
+                         stride=self.ints(attributes, "strides"), padding=padding,
+                         dilation=self.ints(attributes, "dilations"), groups=group, bias=True)
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(weight))
             conv.bias.copy_(torch.zeros(weight.shape[0]) if bias is None else _float_tensor(bias))
@@ -346,7 +348,8 @@ class _Builder:
                 full[axis], full[axis + rank] = pads[position], pads[position + len(axes)]
             pads = full
         if mode != "constant" or value != 0.0:
-            raise MaarError(f"Pad node {self.label(node)}: only zero padding is supported (got mode {mode}, value {value})")
+            raise MaarError(f"Pad node {self.label(node)}: only zero padding is supported "
+                            f"(got mode {mode}, value {value})")
         if rank != 4 or len(pads) != 8 or pads[[0, 1, 4, 5]].any() or (pads < 0).any():
             raise MaarError(f"Pad node {self.label(node)}: only non-negative padding of the two spatial dimensions "
                             "of an image tensor is supported")

@@ -36,12 +36,12 @@ def stage_table(results: list[InstanceResult]) -> str:
         decided = [r for r in ran if r.stage == stage]
         rows.append([stage, str(len(ran)),
                      str(sum(r.verdict == "unsat" for r in decided)), str(sum(r.verdict == "sat" for r in decided)),
-                     str(sum(r.stage_verdicts[stage] == "open" for r in ran)), str(certified_by(results, stage))]
-                    + _time_columns([r.stage_seconds[stage] for r in ran if stage in r.stage_seconds]))
+                     str(sum(r.stage_verdicts[stage] == "open" for r in ran)), str(certified_by(results, stage)),
+                     *_time_columns([r.stage_seconds[stage] for r in ran if stage in r.stage_seconds])])
     rows.append(["total", str(len(results)), str(sum(r.verdict == "unsat" for r in results)),
                  str(sum(r.verdict == "sat" for r in results)),
-                 str(sum(r.verdict not in ("unsat", "sat") for r in results)), ""]
-                + _time_columns([r.seconds for r in results]))
+                 str(sum(r.verdict not in ("unsat", "sat") for r in results)), "",
+                 *_time_columns([r.seconds for r in results])])
     verdicts = "  ".join(f"{v}: {sum(r.verdict == v for r in results)}" for v in VERDICTS)
     unstable = [r.unstable_relus for r in results if r.unstable_relus is not None]
     footer = f"verdicts  {verdicts}"

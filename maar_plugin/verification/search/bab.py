@@ -220,7 +220,8 @@ class BranchAndBound:
                         parents.margin.repeat(2), parents.choice.repeat(2))
 
     def _expand(self, signs: Tensor, compressed: Tensor | None, base: Tensor | None = None) -> dict[int, Tensor]:
-        """Per ReLU, a dense [R, B, *shape] tensor: ``base`` (or 0) with the compressed values at the unstable neurons."""
+        """Per ReLU, a dense [R, B, *shape] tensor: ``base`` (or 0) with the compressed values at the unstable
+        neurons."""
         result = {}
         batch = signs.shape[0]
         for relu in self.engine.relus:

@@ -70,7 +70,8 @@ class InputSplitSearch:
             keep = margin.max(dim=1).values <= 0
             if not bool(keep.any()):
                 continue
-            box_lower, box_upper, box_disjunct, margin = box_lower[keep], box_upper[keep], box_disjunct[keep], margin[keep]
+            box_lower, box_upper = box_lower[keep], box_upper[keep]
+            box_disjunct, margin = box_disjunct[keep], margin[keep]
             centre = ((box_lower + box_upper) / 2).requires_grad_(True)
             with torch.enable_grad():
                 outputs = self.stages.model(centre)
