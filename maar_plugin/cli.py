@@ -230,7 +230,7 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     given = given_options(VerifyOptions, flags)
     job = read_abcrown_config(config_file) if config_file else None
     verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python, given, job.document if job else None)
-    if job:
+    if job and config_file:
         for note in job.notes:
             click.echo(f"note: {note}", err=True)
         if job.ignored_keys and verifier is None:  # α,β-CROWN itself honours them all
@@ -241,6 +241,7 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         instances = read_instances_csv(instances_csv)
         default_out = Path("results") / Path(instances_csv).resolve().parent.name
     else:
+        assert onnx_path and vnnlib_path  # checked above
         instances, default_out = [Instance(Path(onnx_path), Path(vnnlib_path))], None
     options = with_given(with_given(VerifyOptions(), job.options if job else {}), given)
     if "timeout" in given:      # --timeout overrides the instances' own

@@ -115,9 +115,9 @@ def _patch_torch_internals() -> None:
     import torch.onnx.symbolic_helper as symbolic_helper
 
     if not hasattr(symbolic_helper, "_set_opset_version"):
-        symbolic_helper._set_opset_version = _set_opset_version
+        symbolic_helper._set_opset_version = _set_opset_version  # type: ignore[attr-defined]  # gone in torch 2
     if not hasattr(torch._C.Node, "__getitem__"):
-        torch._C.Node.__getitem__ = _node_getitem
+        torch._C.Node.__getitem__ = _node_getitem  # type: ignore[method-assign]  # a patch of torch's class
 
 
 def _patch_named_members() -> None:

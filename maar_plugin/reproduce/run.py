@@ -255,11 +255,14 @@ def reproduce(
         raise MaarError(f"--certify-timeout must be a positive number of seconds, got {certify_timeout:g}")
     out_dir = Path(out_dir)
     recipe = load_recipe(recipe_name, scale)
-    overrides = {key: value for key, value in (("certify_count", certify_count), ("certify_timeout", certify_timeout))
-                 if value is not None}
+    evaluation = recipe.evaluation
+    if certify_count is not None:
+        evaluation = replace(evaluation, certify_count=certify_count)
+    if certify_timeout is not None:
+        evaluation = replace(evaluation, certify_timeout=certify_timeout)
     if retry_open is not None:
-        overrides["certify_retry_timeout"] = retry_open or None
-    recipe = replace(recipe, evaluation=replace(recipe.evaluation, **overrides))
+        evaluation = replace(evaluation, certify_retry_timeout=retry_open or None)
+    recipe = replace(recipe, evaluation=evaluation)
     parsed = [parse_row(row) for row in rows]
     plan = _extend_plan(out_dir, recipe, parsed, seeds, device)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None

@@ -68,7 +68,7 @@ class ResidualNet(nn.Module):
 
 def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
     """``model`` as an ONNX file with input ``input`` of ``input_shape`` (batch included)."""
-    torch.onnx.export(model, torch.zeros(input_shape), str(path), input_names=["input"], output_names=["output"],
+    torch.onnx.export(model, (torch.zeros(input_shape),), str(path), input_names=["input"], output_names=["output"],
                       dynamo=False)
     return path
 

@@ -106,6 +106,7 @@ class SplitBoundEngine:
                 alpha = None if alphas is None else alphas.get(index)
                 A_in, bias = _relu_backward(A, l, u, alpha)
                 if betas is not None and index in betas:
+                    assert split_signs is not None, "betas come with split_signs"
                     A_in = A_in - betas[index] * split_signs[index].to(self.dtype)
                 constant = constant + bias
                 magnitude = magnitude + bias.abs()

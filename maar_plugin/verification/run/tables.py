@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Set as AbstractSet
 
 from maar_plugin.verification.result import ABCROWN_STAGE, STAGES, VERDICTS, InstanceResult, certified_by
 
@@ -12,7 +13,7 @@ def _time_columns(values: list[float]) -> list[str]:
     return [f"{statistics.fmean(values):.3f}", f"{statistics.median(values):.3f}", f"{max(values):.3f}"]
 
 
-def _format(rows: list[list[str]], left: set[int] = frozenset({0})) -> str:
+def _format(rows: list[list[str]], left: AbstractSet[int] = frozenset({0})) -> str:
     """Aligned columns; those in ``left`` flush left, the others (numbers) flush right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join((cell.ljust(w) if i in left else cell.rjust(w)) for i, (cell, w) in enumerate(zip(row, widths)))
