@@ -7,11 +7,15 @@ import textwrap
 import onnx
 import pytest
 import torch
-from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from torch import nn
 
-import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
-from maar_plugin.bounds.lirpa import LirpaBounds, split_leading_normalize
+from maar_plugin.bounds.lirpa import (  # auto_LiRPA's names, patched
+    BoundedModule,
+    BoundedTensor,
+    LirpaBounds,
+    PerturbationLpNorm,
+    split_leading_normalize,
+)
 from maar_plugin.data import dataset_info
 from maar_plugin.errors import MaarError
 from maar_plugin.models import Normalize, create_model, list_models, model_descriptions, register_model, registry
