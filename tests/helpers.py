@@ -1,6 +1,7 @@
 """Helpers shared by the test modules (imported as ``helpers``; pytest puts tests/ on the path)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def pythonpath_with(root: Path) -> str:
     """PYTHONPATH for a child process: ``root`` first, then the caller's (``make test-lirpa`` puts the
     auto_LiRPA checkout there)."""
     return os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+
+
+def write_verify_folder(folder: Path, results: list[InstanceResult]) -> Path:
+    """A results folder as `maar verify --out` writes it: result files and log.jsonl."""
+    (folder / "results").mkdir(parents=True)
+    with open(folder / "log.jsonl", "w") as log:
+        for index, r in enumerate(results):
+            (folder / "results" / f"{r.instance}.txt").write_text(r.vnncomp_text())
+            log.write(json.dumps({**r.log_record(), "index": index}) + "\n")
+    return folder
 
 
 def check_counterexample(result: InstanceResult, onnx_path: Path, lower: np.ndarray, upper: np.ndarray,
