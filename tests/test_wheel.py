@@ -1,6 +1,7 @@
 """The wheel without the Makefile: built from the checkout's package files, it holds the package, its
 recipes and py.typed (no tests, no benchmarks), and installs into a clean venv (torch first, then the wheel
-with its declared dependencies, no auto_LiRPA) whose ``maar`` runs the commands that need no auto_LiRPA."""
+with its declared dependencies, no auto_LiRPA) whose ``maar`` runs the commands that need no auto_LiRPA;
+the one-line advice of a command that needs it installs an auto_LiRPA that works."""
 from __future__ import annotations
 
 import os
@@ -14,16 +15,23 @@ import pytest
 
 from helpers import REPO, write_verify_folder
 from maar_plugin import __version__
+from maar_plugin.bounds.lirpa_compat import INSTALL_ADVICE
 from maar_plugin.verification import InstanceResult
 
 BUILD_INPUTS = ("maar_plugin", "setup.cfg", "pyproject.toml", "README.md")
+PIP_ADVICE = INSTALL_ADVICE.split(" (")[0]  # the advice's pip commands
 
 
-def _run(command: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
-    """``command`` with no PYTHONPATH, so that nothing of the checkout is imported by accident."""
+def _run(command: list[str], cwd: Path, timeout: float, check: bool = True,
+         venv: Path | None = None) -> subprocess.CompletedProcess:
+    """``command`` with no PYTHONPATH, so that nothing of the checkout is imported by accident (``venv``:
+    its bin/ first on PATH)."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    if venv is not None:
+        env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    assert result.returncode == 0 or not check, \
+        f"{' '.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
 
 
@@ -75,5 +83,14 @@ def test_the_wheel_installs_into_a_clean_venv_and_its_commands_run(tmp_path):
         report = _run([maar, "report", str(folder)], tmp_path, 300).stdout
         assert "unsat: 1" in report and "timeout: 1" in report
         assert (folder / "report" / "cactus.png").is_file()
+
+        verify = [maar, "verify", "--onnx", str(REPO / "models" / "mnist-dm-small-maar-eps0.1.onnx"), "--vnnlib",
+                  str(REPO / "vnnlib_specs" / "mnist-dm-small-maar-eps0.1" / "img00000_eps0.1.vnnlib"),
+                  "--no-progress"]
+        refused = _run([*verify, "--out", str(tmp_path / "refused")], tmp_path, 300, check=False)
+        assert refused.returncode == 1
+        assert refused.stderr.strip() == f"Error: this needs auto_LiRPA, which is not installed: {INSTALL_ADVICE}"
+        _run(["bash", "-c", PIP_ADVICE], tmp_path, 1800, venv=venv)
+        assert "unsat" in _run([*verify, "--out", str(tmp_path / "verified-after")], tmp_path, 600).stdout
     finally:
         shutil.rmtree(venv, ignore_errors=True)  # torch's wheels take gigabytes

@@ -28,8 +28,9 @@ from maar_plugin.errors import MaarError
 
 KNOWN_VERSIONS = SpecifierSet(">=0.3,<0.8")
 KNOWN_VERSIONS_TEXT = "0.3 (PyPI) to 0.7 (α,β-CROWN's checkout)"
-INSTALL_ADVICE = ("pip install --no-deps auto-lirpa==0.3 appdirs 'numpy<2' (PyPI's build and what it imports; "
-                  "see the README for why --no-deps), or put α,β-CROWN's auto_LiRPA checkout on PYTHONPATH")
+INSTALL_ADVICE = ("pip install --no-deps auto-lirpa==0.3 && pip install appdirs 'numpy<2' maar-plugin (PyPI's "
+                  "build without its stale pins, then what it imports; see the README), or put α,β-CROWN's "
+                  "auto_LiRPA checkout on PYTHONPATH")
 
 
 def lirpa_version() -> Version | None:
