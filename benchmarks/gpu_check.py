@@ -263,7 +263,7 @@ def verification(device: str, sizes: Sizes, run_dir: Path, work: Path, deadline:
         run_deadline = time.monotonic() + share * max(deadline - time.monotonic(), 0.0)
         log_path = out_dir / "log.jsonl"
 
-        def finished() -> str:
+        def finished(log_path: Path = log_path) -> str:
             count = len(log_path.read_text().splitlines()) if log_path.is_file() else 0
             return f"{count}/{sizes.instances} instances"
 

@@ -54,7 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a `maar reproduce` folder")
     parser.add_argument("destination", type=Path)
-    parser.add_argument("--light", action="store_true", help="no checkpoints and no verification logs (per-image verdicts kept)")
+    parser.add_argument("--light", action="store_true",
+                        help="no checkpoints and no verification logs (per-image verdicts kept)")
     arguments = parser.parse_args()
     if not (arguments.source / "reproduce.json").is_file():
         raise SystemExit(f"error: {arguments.source} is not a `maar reproduce` folder")

@@ -21,12 +21,23 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from verifier_comparison import (
+    DECIDED,
+    KILL_GRACE,
+    Row,
+    contradiction,
+    read_rows,
+    run_abcrown,
+    run_maar,
+    summary,
+    table,
+    write_rows,
+)
+from vnncomp_sets import NAMED_SETS, SUITES, ResolvedSet, merged, own_set, resolve, sample
+
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.errors import MaarError
 from maar_plugin.verification import Instance
-from verifier_comparison import (DECIDED, KILL_GRACE, Row, contradiction, read_rows, run_abcrown, run_maar, summary,
-                                 table, write_rows)
-from vnncomp_sets import NAMED_SETS, SUITES, ResolvedSet, merged, own_set, resolve, sample
 
 FAILED = ("error", "killed")  # killed: still running KILL_GRACE seconds past the timeout
 TOOLS = ("maar", "abcrown")

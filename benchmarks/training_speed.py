@@ -24,11 +24,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from torch import Tensor, nn
 
-import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
 from maar_plugin.bounds.ibp import interval_bounds
+from maar_plugin.bounds.lirpa import BoundedModule, BoundedTensor, PerturbationLpNorm  # auto_LiRPA, patched
 from maar_plugin.bounds.specs import margin_spec
 from maar_plugin.data import DatasetInfo, dataset_info
 from maar_plugin.models import create_model

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(handle)`` on a temporary file and rename it to ``path``; no partial file is ever left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ def pgd_maximize(
     objective: Callable[[Tensor], Tensor],
     steps: int,
     restarts: int = 1,
-    step_size: float | None = None,
+    step_size: float | Tensor | None = None,
     start: Tensor | None = None,
     step_decay: float = 1.0,
     stop_above: float | None = None,
@@ -32,8 +32,9 @@ def pgd_maximize(
 
     Runs ``restarts`` sign-gradient ascents of ``steps`` steps each; the first starts at ``start`` when
     given, the others at uniform random points of the box. Every iterate is scored and the best point
-    per example over all runs is returned (detached). ``step_size`` is absolute; by default each
-    coordinate moves 2.5 · half-width / steps per step, so a run can cross the box (Madry et al. 2018);
+    per example over all runs is returned (detached). ``step_size`` is absolute (a number, or a tensor per
+    coordinate); by default each coordinate moves 2.5 · half-width / steps per step, so a run can cross the
+    box (Madry et al. 2018);
     ``step_decay`` multiplies the step after every step of a run; with ``stop_above`` the search ends as
     soon as some example's value exceeds it.
     """

@@ -71,7 +71,8 @@ def accuracy_from_results(name: str, eps: float, results: list[InstanceResult],
         return 100.0 * number / count
 
     complete = percent(sum(r.verdict == "unsat" for r in results))
-    falsified, open_count = sum(r.verdict == "sat" for r in results), sum(r.verdict not in ("sat", "unsat") for r in results)
+    falsified = sum(r.verdict == "sat" for r in results)
+    open_count = sum(r.verdict not in ("sat", "unsat") for r in results)
     if any(ABCROWN_STAGE in r.stage_verdicts for r in results):
         return CertifiedAccuracy(name, eps, count, None, None, None, None, None, complete, falsified, open_count,
                                  retry_timeout=retry_timeout, verifier="abcrown")

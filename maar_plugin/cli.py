@@ -41,8 +41,8 @@ def retry_open_option(command):
                              "a resumed run (0: no second pass)")(command)
 
 
-ABCROWN_OPTIONS = {"timeout", "device"}
-REPRODUCE_OWN_OPTIONS = ("timeout", "device")   # the recipe's certify_timeout; reproduce's --device does both   # the VerifyOptions an α,β-CROWN run takes; it has its own for the rest
+ABCROWN_OPTIONS = {"timeout", "device"}  # the VerifyOptions an α,β-CROWN run takes; it has its own for the rest
+REPRODUCE_OWN_OPTIONS = ("timeout", "device")   # the recipe's certify_timeout; reproduce's --device does both
 
 
 def make_verifier(name: str, checkout: str | None, python: str | None, given: dict | None = None,
@@ -230,7 +230,7 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     given = given_options(VerifyOptions, flags)
     job = read_abcrown_config(config_file) if config_file else None
     verifier = make_verifier(verifier_name, abcrown_checkout, abcrown_python, given, job.document if job else None)
-    if job:
+    if job and config_file:
         for note in job.notes:
             click.echo(f"note: {note}", err=True)
         if job.ignored_keys and verifier is None:  # α,β-CROWN itself honours them all
@@ -241,6 +241,7 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         instances = read_instances_csv(instances_csv)
         default_out = Path("results") / Path(instances_csv).resolve().parent.name
     else:
+        assert onnx_path and vnnlib_path  # checked above
         instances, default_out = [Instance(Path(onnx_path), Path(vnnlib_path))], None
     options = with_given(with_given(VerifyOptions(), job.options if job else {}), given)
     if "timeout" in given:      # --timeout overrides the instances' own
@@ -283,7 +284,8 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
 @click.option("--per-instance", "per_instance", is_flag=True, help="also list every instance (verify and comparison "
               "folders; several: side by side)")
 @click.option("--instances", "per_instance_alias", is_flag=True, hidden=True)  # the old name of --per-instance
-@click.option("--objectives", "rows", help="only these comma-separated rows of a `maar reproduce` folder (printed, not saved)")
+@click.option("--objectives", "rows",
+              help="only these comma-separated rows of a `maar reproduce` folder (printed, not saved)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="folder for the figures (cactus.png, funnel.png, cex-*.png)  [default: DIR/report for one folder]")
 @click.option("--html", "html_path", type=click.Path(dir_okay=False),
@@ -347,7 +349,8 @@ def report(results_dirs: tuple[str, ...], per_instance: bool, per_instance_alias
 
 @cli.command("reproduce")
 @click.argument("setting", required=False)
-@click.option("--model", default="dm-small", show_default=True, help="model; the recipe is SETTING-MODEL (`maar recipes`)")
+@click.option("--model", default="dm-small", show_default=True,
+              help="model; the recipe is SETTING-MODEL (`maar recipes`)")
 @click.option("--recipe", "recipe_name", help="a recipe name or .yaml file instead of SETTING and --model")
 @click.option("--objectives", default="natural,pgd,ibp,crown-ibp,maar-ibp,maar-crown-ibp", show_default=True,
               help="comma-separated rows, each an objective with optional :KEY=VALUE hyperparameters, "
@@ -407,8 +410,8 @@ def recipes_command(show_name: str | None, scale: str) -> None:
         recipe = load_recipe(show_name, scale)
         click.echo(yaml.safe_dump({"recipe": recipe.name, "scale": recipe.scale, "description": recipe.description,
                                    "sources": list(recipe.sources), "training": recipe.training,
-                                   "base_args": recipe.base_args, "evaluation": asdict(recipe.evaluation)}, sort_keys=False, allow_unicode=True,
-                                  width=110), nl=False)
+                                   "base_args": recipe.base_args, "evaluation": asdict(recipe.evaluation)},
+                                  sort_keys=False, allow_unicode=True, width=110), nl=False)
         return
     names = recipe_names()
     width = max(map(len, names), default=0)

@@ -44,8 +44,8 @@ def _fields(cls: type, exclude: tuple[str, ...], prefix: str) -> list[tuple[str,
 def _default_text(spec: dataclasses.Field) -> str:
     if spec.default is not dataclasses.MISSING:
         return str(spec.default)
-    if spec.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return str(spec.default_factory())  # type: ignore[misc]
+    if spec.default_factory is not dataclasses.MISSING:
+        return str(spec.default_factory())
     return "none"
 
 

@@ -1,6 +1,7 @@
 """Helpers shared by the test modules (imported as ``helpers``; pytest puts tests/ on the path)."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def pythonpath_with(root: Path) -> str:
     """PYTHONPATH for a child process: ``root`` first, then the caller's (``make test-lirpa`` puts the
     auto_LiRPA checkout there)."""
     return os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+
+
+def write_verify_folder(folder: Path, results: list[InstanceResult]) -> Path:
+    """A results folder as `maar verify --out` writes it: result files and log.jsonl."""
+    (folder / "results").mkdir(parents=True)
+    with open(folder / "log.jsonl", "w") as log:
+        for index, r in enumerate(results):
+            (folder / "results" / f"{r.instance}.txt").write_text(r.vnncomp_text())
+            log.write(json.dumps({**r.log_record(), "index": index}) + "\n")
+    return folder
 
 
 def check_counterexample(result: InstanceResult, onnx_path: Path, lower: np.ndarray, upper: np.ndarray,
@@ -45,8 +56,9 @@ def check_counterexample(result: InstanceResult, onnx_path: Path, lower: np.ndar
 def residual_conv_graph(seed: int) -> LayerGraph:
     """A seeded LayerGraph with a convolutional residual block, average pooling and a dense head."""
     torch.manual_seed(seed)
-    nodes = [GraphNode("x", (), (1, 6, 6), None), GraphNode("c1", (0,), (3, 6, 6), 0), GraphNode("r1", (1,), (3, 6, 6), 1),
-             GraphNode("c2", (2,), (3, 6, 6), 2), GraphNode("add", (3, 1), (3, 6, 6), 3), GraphNode("r2", (4,), (3, 6, 6), 4),
+    nodes = [GraphNode("x", (), (1, 6, 6), None), GraphNode("c1", (0,), (3, 6, 6), 0),
+             GraphNode("r1", (1,), (3, 6, 6), 1), GraphNode("c2", (2,), (3, 6, 6), 2),
+             GraphNode("add", (3, 1), (3, 6, 6), 3), GraphNode("r2", (4,), (3, 6, 6), 4),
              GraphNode("pool", (5,), (3, 3, 3), 5), GraphNode("flat", (6,), (27,), 6), GraphNode("fc", (7,), (8,), 7),
              GraphNode("r3", (8,), (8,), 8), GraphNode("out", (9,), (3,), 9)]
     layers = [nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 3, 3, stride=1, padding=1), Add(), nn.ReLU(),

@@ -33,7 +33,8 @@ def test_banner_and_result_lines_are_read():
     assert parse_line(BANNER) == Banner(3)
     assert parse_line("Result: safe-incomplete in 0.0880 seconds\n") == Outcome("safe-incomplete", 0.088)
     assert parse_line("Result: unsafe-pgd (timed out) in 61.2000 seconds") == Outcome("unsafe-pgd (timed out)", 61.2)
-    for other in ("Result: unsat", "Time: 0.95", "verified_status unsafe-pgd", "idx: 3", "Result: safe in soon seconds"):
+    for other in ("Result: unsat", "Time: 0.95", "verified_status unsafe-pgd", "idx: 3",
+                  "Result: safe in soon seconds"):
         assert parse_line(other) is None
 
 
@@ -191,7 +192,7 @@ def test_an_abcrown_that_cannot_start_is_one_error(benchmark, tmp_path):
     with pytest.raises(MaarError, match="before its first instance: ModuleNotFoundError"):
         verify_instances(_instances(benchmark, ["never"]), tmp_path / "out", progress=False,
                          verifier=AbcrownVerifier(checkout))
-    with pytest.raises(MaarError, match="no complete_verifier/abcrown.py"):
+    with pytest.raises(MaarError, match=r"no complete_verifier/abcrown\.py"):
         AbcrownVerifier(tmp_path)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -47,7 +48,7 @@ def random_problem(seed: int):
     rng = np.random.default_rng(seed)
     sizes = [6, 20, 20, 4]
     network = ReluNetwork(tuple(AffineLayer(rng.normal(size=(b, a)) / np.sqrt(a), rng.normal(size=b) * 0.1)
-                                for a, b in zip(sizes[:-1], sizes[1:])), (1, 6))
+                                for a, b in pairwise(sizes)), (1, 6))
     centre, eps = rng.uniform(size=6), rng.uniform(0.05, 0.4)
     lower, upper = centre - eps, centre + eps
     label = int(np.argmax(network.forward(centre[None])[0]))

@@ -327,7 +327,7 @@ def test_maar_over_a_third_party_base(third_party_bases):
     expected = terms.total + 0.5 * (misclassification_weights(terms.logits, y, "soft") * kl_bound).mean()
     assert torch.allclose(maar.loss(x, y, 0.05, 0.5).total, expected, atol=1e-6)
     assert _same_network(_train("maar", {"base": "scaled-ibp", "lam": 0.0}, 0), _train("scaled-ibp", {}, 0))
-    with pytest.raises(MaarError, match="base 'plain' exposes no pairwise bounds; certified bases: .*scaled-ibp"):
+    with pytest.raises(MaarError, match=r"base 'plain' exposes no pairwise bounds; certified bases: .*scaled-ibp"):
         create_objective("maar", model, INFO, base="plain")
     with pytest.raises(MaarError, match="no hyperparameter 'alpha'"):
         create_objective("maar", model, INFO, base="scaled-ibp", alpha=0.5)

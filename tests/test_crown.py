@@ -108,7 +108,7 @@ def test_unsupported_models_are_refused():
     same_padding = nn.Sequential(nn.Conv2d(1, 2, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(128, 2))
     assert not supports_crown(same_padding) and not supports_crown(nn.Linear(4, 2))
     assert supports_crown(_conv_bn(1))
-    x, lower, upper = _box(1, 1)
+    _, lower, upper = _box(1, 1)
     _, trace = interval_bounds_with_trace(same_padding, lower, upper)
     with pytest.raises(MaarError, match="plain-torch CROWN needs"):
         crown_lower(same_padding, lower, upper, torch.eye(2)[None], trace)

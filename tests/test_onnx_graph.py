@@ -8,9 +8,9 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
 from torch import nn
 
+from maar_plugin.bounds.lirpa import BoundedModule, BoundedTensor, PerturbationLpNorm  # auto_LiRPA, patched
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.network.onnx_import import load_onnx_graph
 

@@ -45,7 +45,7 @@ def test_recipe_hyperparameters_follow_the_objective():
 
 
 def test_unknown_and_malformed_recipes_are_one_line_errors(tmp_path):
-    with pytest.raises(MaarError, match="shipped recipes: .*mnist-eps0.3-dm-small"):
+    with pytest.raises(MaarError, match=r"shipped recipes: .*mnist-eps0\.3-dm-small"):
         load_recipe("mnist-eps0.5-dm-small")
     with pytest.raises(MaarError, match="--scale"):
         load_recipe("mnist-eps0.3-dm-small", "tpu")

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from helpers import write_tiny_benchmark
+from helpers import write_tiny_benchmark, write_verify_folder
 from maar_plugin.cli import cli
 from maar_plugin.report import (
     ResultSource,
@@ -174,16 +174,6 @@ def test_counterexamples_of_a_missing_model_are_left_out_with_one_note(image_ins
 
 
 # ---- folders --------------------------------------------------------------------------------------------------------
-
-def write_verify_folder(folder: Path, results: list[InstanceResult]) -> Path:
-    """A results folder as `maar verify --out` writes it: result files and log.jsonl."""
-    (folder / "results").mkdir(parents=True)
-    with open(folder / "log.jsonl", "w") as log:
-        for index, r in enumerate(results):
-            (folder / "results" / f"{r.instance}.txt").write_text(r.vnncomp_text())
-            log.write(json.dumps({**r.log_record(), "index": index}) + "\n")
-    return folder
-
 
 def image_folders(tmp_path: Path, image_instance) -> tuple[Path, Path]:
     """Two verify folders on the same three instances; they contradict each other on `img0`. The first

@@ -99,7 +99,8 @@ def test_rows_take_a_training_radius_that_pairs_and_sorts_with_its_base(recipe_f
 def test_statistic_is_mean_and_sample_standard_deviation():
     values = [91.2, 93.5, 92.0]
     stat = statistic(values)
-    assert stat.mean == pytest.approx(statistics.mean(values)) and stat.spread == pytest.approx(statistics.stdev(values))
+    assert stat.mean == pytest.approx(statistics.mean(values))
+    assert stat.spread == pytest.approx(statistics.stdev(values))
     assert statistic([5.0]).spread == 0 and statistic([]) is None
 
 
@@ -124,7 +125,8 @@ def test_table_numbers_come_from_the_run_files(grid):
     for result in results:
         name = parse_row(result.row).run_name(result.seed)
         evaluation = json.loads((grid / "runs" / name / "evaluation.json").read_text())
-        log = [json.loads(line) for line in (grid / "certify" / name / "verification" / "log.jsonl").read_text().splitlines()]
+        log_path = grid / "certify" / name / "verification" / "log.jsonl"
+        log = [json.loads(line) for line in log_path.read_text().splitlines()]
         assert result.metrics["ibp_verified"] == evaluation["ibp_verified"]
         assert result.metrics["complete"] == pytest.approx(100 * sum(r["verdict"] == "unsat" for r in log) / len(log))
         assert result.open == sum(r["verdict"] not in ("sat", "unsat") for r in log)
@@ -271,7 +273,7 @@ def test_caption_and_open_column_give_the_retry_timeouts_of_the_certificates(gri
     copy = tmp_path / "grid"
     shutil.copytree(grid, copy)
     paths = sorted(copy.glob("certify/*/certified_accuracy.json"))
-    for index, path in enumerate(paths):
+    for path in paths:
         retry = 60 if "ibp-s" in path.parent.name and "maar" not in path.parent.name else 20
         path.write_text(json.dumps({**json.loads(path.read_text()), "retry_timeout": retry}))
     report = markdown_report(copy)

@@ -102,8 +102,8 @@ def test_a_torchrun_launch_splits_the_csv(benchmark, tmp_path):
     out = tmp_path / "torchrun"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "maar_plugin", "verify",
                "--instances", str(benchmark / "instances.csv"), "--out", str(out), *FAST_FLAGS]
-    launch = subprocess.run(command, env={**os.environ, "PYTHONPATH": pythonpath_with(REPO)}, capture_output=True, text=True,
-                            timeout=120)
+    launch = subprocess.run(command, env={**os.environ, "PYTHONPATH": pythonpath_with(REPO)}, capture_output=True,
+                            text=True, timeout=120)
     assert launch.returncode == 0, launch.stdout + launch.stderr
     assert launch.stdout.count("verdicts ") == 1 and "unsat: 3  sat: 2" in launch.stdout  # rank 0 prints the merge
     assert [row[3] for row in verdict_rows(out / "summary.csv")] == ["sat", "unsat", "unsat", "sat", "unsat"]

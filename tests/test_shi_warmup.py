@@ -1,5 +1,6 @@
 """Shi et al. 2021 warm-up: IBP initialisation keeps bound widths steady; the regulariser's terms."""
 import math
+from itertools import pairwise
 
 import pytest
 import torch
@@ -24,7 +25,7 @@ def width_growth(model, seed=0):
     x = torch.rand(16, 1, 28, 28, generator=generator)
     _, relu_inputs = interval_bounds_with_relu_inputs(model, (x - 0.05).clamp(0, 1), (x + 0.05).clamp(0, 1))
     radii = [((upper - lower) / 2).mean().item() for lower, upper in relu_inputs]
-    return [abs(math.log(after / before)) for before, after in zip(radii, radii[1:])]
+    return [abs(math.log(after / before)) for before, after in pairwise(radii)]
 
 
 def test_ibp_init_draws_weights_with_the_papers_std_and_keeps_the_last_layer():

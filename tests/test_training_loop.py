@@ -50,7 +50,8 @@ def test_resumed_run_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_metrics_are_consistent(tmp_path):
-    history = train(build_config(None, {**SMALL, "epochs": 1}), tmp_path / "run", show_progress=False, log=lambda line: None)
+    history = train(build_config(None, {**SMALL, "epochs": 1}), tmp_path / "run", show_progress=False,
+                    log=lambda line: None)
     record = history[0]
     assert record["ibp_verified"] <= record["pgd"] <= record["clean"] <= 100
     assert record["crown_verified"] <= record["clean"]
@@ -106,7 +107,8 @@ def test_existing_run_is_not_overwritten_and_resume_needs_a_checkpoint(tmp_path)
     ],
 )
 def test_cli_bad_input_gives_one_line_and_nonzero_exit(tmp_path, arguments, message):
-    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress", *arguments])
+    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "run"), "--epochs", "1", "--no-progress",
+                                      *arguments])
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output

@@ -100,7 +100,8 @@ def test_abcrown_config_maps_keys_and_warns(benchmark, tmp_path):
                            "bab": {"batch_size": 64, "branching": "fsb"}}
     assert job.ignored_keys == ["bab.branching.reduceop", "specification.epsilon"]
     options = with_given(VerifyOptions(), job.options)
-    assert (options.timeout, options.alpha_iterations, options.bab.batch_size, options.bab.branching) == (7, 3, 64, "fsb")
+    given = (options.timeout, options.alpha_iterations, options.bab.batch_size, options.bab.branching)
+    assert given == (7, 3, 64, "fsb")
     result = CliRunner().invoke(cli, ["verify", "--abcrown-config", str(config), "--out", str(tmp_path / "out"),
                                       "--no-progress"])
     assert result.exit_code == 0, result.output

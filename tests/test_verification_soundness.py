@@ -55,6 +55,12 @@ def reference_min_all_binary(model: nn.Sequential, lower: np.ndarray, upper: np.
     col_lower, col_upper = [lower], [upper]
     integrality = [np.zeros(n)]
     rows, row_lower, row_upper = [], [], []
+
+    def constrain(row: np.ndarray, at_least: float, at_most: float) -> None:  # at_least <= row . x <= at_most
+        rows.append(row)
+        row_lower.append(at_least)
+        row_upper.append(at_most)
+
     low, up = lower.copy(), upper.copy()
     prev = np.arange(n)
     offset = n
@@ -71,13 +77,13 @@ def reference_min_all_binary(model: nn.Sequential, lower: np.ndarray, upper: np.
             row = np.zeros(total)
             row[a_cols[j]] = 1
             row[prev] = -w[j]
-            rows.append(row.copy()); row_lower.append(b[j]); row_upper.append(np.inf)          # a >= z
+            constrain(row.copy(), b[j], np.inf)          # a >= z
             row[delta_cols[j]] = -z_low[j]
-            rows.append(row); row_lower.append(-np.inf); row_upper.append(b[j] - z_low[j])     # a <= z - l(1-δ)
+            constrain(row, -np.inf, b[j] - z_low[j])     # a <= z - l(1-δ)
             row = np.zeros(total)
             row[a_cols[j]] = 1
             row[delta_cols[j]] = -z_up[j]
-            rows.append(row); row_lower.append(-np.inf); row_upper.append(0.0)                  # a <= u δ
+            constrain(row, -np.inf, 0.0)                  # a <= u δ
         low, up = np.maximum(z_low, 0), np.maximum(z_up, 0)
         prev = a_cols
     w, b = layers[-1]
@@ -86,8 +92,10 @@ def reference_min_all_binary(model: nn.Sequential, lower: np.ndarray, upper: np.
         row = np.zeros(total)
         row[prev] = c @ w
         row[t] = -1
-        rows.append(row); row_lower.append(-np.inf); row_upper.append(bound - c @ b)
-    col_lower.append([-1e4]); col_upper.append([1e4]); integrality.append([0])
+        constrain(row, -np.inf, bound - c @ b)
+    col_lower.append([-1e4])
+    col_upper.append([1e4])
+    integrality.append([0])
     cost = np.zeros(total)
     cost[t] = 1
     result = milp(cost, constraints=LinearConstraint(np.array(rows), row_lower, row_upper),
@@ -113,14 +121,15 @@ def reference_min_enumeration(model: nn.Sequential, lower: np.ndarray, upper: np
             cursor += size
             for j in range(size):  # active: z >= 0  ->  -z <= 0 ; inactive: z <= 0
                 sign = -1.0 if mask[j] else 1.0
-                sign_rows.append(sign * zA[j]); sign_rhs.append(-sign * zc[j])
+                sign_rows.append(sign * zA[j])
+                sign_rhs.append(-sign * zc[j])
             A, c0 = mask[:, None] * zA, mask * zc
         w, b = layers[-1]
         yA, yc = w @ A, w @ c0 + b
         A_ub = [np.append(row, 0.0) for row in sign_rows] + [np.append(c @ yA, -1.0) for c in C]
         b_ub = sign_rhs + [bound - c @ yc for c, bound in zip(C, d)]
         result = linprog(np.append(np.zeros(n), 1.0), A_ub=np.array(A_ub), b_ub=np.array(b_ub),
-                         bounds=list(zip(lower, upper)) + [(None, None)], method="highs")
+                         bounds=[*zip(lower, upper), (None, None)], method="highs")
         if result.status == 0 and result.fun < best:
             best, best_x = float(result.fun), result.x[:n]
     return best, best_x
@@ -144,7 +153,8 @@ def random_property(rng: np.random.Generator, model: nn.Sequential, lower, upper
         disjuncts = []
         for j in range(outputs):
             if j != label:
-                row = np.zeros(outputs); row[label], row[j] = 1.0, -1.0
+                row = np.zeros(outputs)
+                row[label], row[j] = 1.0, -1.0
                 disjuncts.append((row[None], np.zeros(1)))
     elif kind == 1:  # one multi-row conjunction with constants
         rows = rng.integers(2, 4)
@@ -152,7 +162,8 @@ def random_property(rng: np.random.Generator, model: nn.Sequential, lower, upper
     else:  # several disjuncts of single constant bounds Y_j <= c
         disjuncts = []
         for j in rng.choice(outputs, size=2, replace=False):
-            row = np.zeros(outputs); row[j] = 1.0
+            row = np.zeros(outputs)
+            row[j] = 1.0
             disjuncts.append((row[None], np.array([0.0])))
     shifted = []
     for C, d in disjuncts:  # move d so the disjunct's exact margin becomes a random small value

@@ -60,6 +60,7 @@ def crown_lower(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor
         elif isinstance(layer, nn.modules.batchnorm._BatchNorm):
             coefficients, bias = _channel_affine_backward(coefficients, bias, *batch_norm_affines.pop())
         else:  # Normalize: (x − mean) / std
+            assert isinstance(layer, Normalize)  # supports_crown allows no other layer
             scale = 1.0 / layer.std.flatten()
             coefficients, bias = _channel_affine_backward(coefficients, bias, scale, -layer.mean.flatten() * scale)
     centre, radius = ((upper + lower) / 2).flatten(1), ((upper - lower) / 2).flatten(1)

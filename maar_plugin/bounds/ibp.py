@@ -72,8 +72,8 @@ def _propagate(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor 
     centre, radius = (upper + lower) / 2, (upper - lower) / 2
     reference = _clean_input(model, centre, clean)
     layers = list(model)
-    fold_spec = spec is not None and bool(layers) and isinstance(layers[-1], nn.Linear)
-    for layer in layers[:-1] if fold_spec else layers:
+    final = layers[-1] if spec is not None and layers and isinstance(layers[-1], nn.Linear) else None
+    for layer in layers[:-1] if final is not None else layers:
         if trace is not None:
             trace.input_shapes.append(centre.shape[1:])
         if isinstance(layer, nn.ReLU):
@@ -85,8 +85,7 @@ def _propagate(model: nn.Sequential, lower: Tensor, upper: Tensor, spec: Tensor 
             reference = None if reference is None else reference.clamp(min=0)
         else:
             centre, radius, reference = _affine_layer(layer, centre, radius, reference, trace)
-    if fold_spec:
-        final = layers[-1]
+    if spec is not None and final is not None:
         weight = spec.matmul(final.weight)
         bias = spec.matmul(final.bias) if final.bias is not None else 0.0
         centre, radius = _batched_affine(weight, bias, centre, radius)
@@ -146,8 +145,10 @@ def _batch_norm_affine(norm: nn.modules.batchnorm._BatchNorm, reference: Tensor 
     """BatchNorm as ``scale * x + shift`` per channel: running statistics in eval mode, the clean batch's in
     train mode."""
     if _uses_batch_stats(norm):
-        dims = [0] + list(range(2, reference.ndim))
+        assert reference is not None, "batch statistics need the clean input (_clean_input)"
+        dims = [0, *range(2, reference.ndim)]
         mean, var = reference.mean(dims), reference.var(dims, unbiased=False)
     else:
+        assert norm.running_mean is not None and norm.running_var is not None  # else batch statistics
         mean, var = norm.running_mean, norm.running_var
     return batch_norm_affine(mean, var, norm.eps, norm.weight, norm.bias)

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -43,7 +44,7 @@ def relu_relaxation(lower: Tensor, upper: Tensor, lower_slope: Tensor | None = N
     return ReluRelaxation(torch.where(unstable, slope, active), upper_slope, upper_intercept)
 
 
-def conv2d_backward(conv: nn.Conv2d, coefficients: Tensor, input_size: tuple[int, int] | torch.Size) -> Tensor:
+def conv2d_backward(conv: nn.Conv2d, coefficients: Tensor, input_size: Sequence[int]) -> Tensor:
     """Coefficients [N, C_out, H_out, W_out] on the convolution's output as coefficients [N, C_in, *input_size]
     on its input: the product with the Jacobian of its linear part (its bias is the caller's)."""
     if isinstance(conv.padding, str):

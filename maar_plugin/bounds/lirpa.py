@@ -95,7 +95,8 @@ class LirpaBounds:
         caller_wants_grad = torch.is_grad_enabled()
         given = {_INTERMEDIATE_KEYWORD: intermediate} if intermediate is not None else {}
         # alpha-CROWN optimises its slopes by gradient descent, also when the caller disabled gradients.
-        with _parameters_kept_trainable(self.model), torch.set_grad_enabled(caller_wants_grad or method == "alpha-CROWN"):
+        with (_parameters_kept_trainable(self.model),
+              torch.set_grad_enabled(caller_wants_grad or method == "alpha-CROWN")):
             lower_bound, upper_bound = self.bounded.compute_bounds(
                 x=self._forward_centre(lower, upper), C=_batched(spec, lower), method=METHODS[method],
                 bound_upper=bound_upper or method == "IBP", **given)

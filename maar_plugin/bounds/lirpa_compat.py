@@ -28,8 +28,9 @@ from maar_plugin.errors import MaarError
 
 KNOWN_VERSIONS = SpecifierSet(">=0.3,<0.8")
 KNOWN_VERSIONS_TEXT = "0.3 (PyPI) to 0.7 (α,β-CROWN's checkout)"
-INSTALL_ADVICE = ("pip install --no-deps auto-lirpa==0.3 (PyPI's build; see the README for why --no-deps), "
-                  "or put α,β-CROWN's auto_LiRPA checkout on PYTHONPATH")
+INSTALL_ADVICE = ("pip install --no-deps auto-lirpa==0.3 && pip install appdirs 'numpy<2' maar-plugin (PyPI's "
+                  "build without its stale pins, then what it imports; see the README), or put α,β-CROWN's "
+                  "auto_LiRPA checkout on PYTHONPATH")
 
 
 def lirpa_version() -> Version | None:
@@ -115,9 +116,9 @@ def _patch_torch_internals() -> None:
     import torch.onnx.symbolic_helper as symbolic_helper
 
     if not hasattr(symbolic_helper, "_set_opset_version"):
-        symbolic_helper._set_opset_version = _set_opset_version
+        symbolic_helper._set_opset_version = _set_opset_version  # type: ignore[attr-defined]  # gone in torch 2
     if not hasattr(torch._C.Node, "__getitem__"):
-        torch._C.Node.__getitem__ = _node_getitem
+        torch._C.Node.__getitem__ = _node_getitem  # type: ignore[method-assign]  # a patch of torch's class
 
 
 def _patch_named_members() -> None:

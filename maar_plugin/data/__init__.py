@@ -48,9 +48,9 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None,
     if split not in SPLITS:
         raise MaarError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     images, labels = reader(split, Path(data_dir) if data_dir is not None else None)
-    images = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    images = images.reshape(len(images), *info.input_shape).float().div_(255.0)
-    return images, torch.from_numpy(labels.astype(np.int64)).to(device)
+    pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    pixels = pixels.reshape(len(pixels), *info.input_shape).float().div_(255.0)
+    return pixels, torch.from_numpy(labels.astype(np.int64)).to(device)
 
 
 def _lookup(name: str) -> tuple[DatasetInfo, Callable[[str, Path | None], tuple[np.ndarray, np.ndarray]]]:

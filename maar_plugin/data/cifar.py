@@ -13,8 +13,9 @@ import numpy as np
 
 from maar_plugin.errors import MaarError
 
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # the function numpy unpickles arrays with (a private name)
 _ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): np.core.multiarray._reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }

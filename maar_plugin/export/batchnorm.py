@@ -9,7 +9,7 @@ from torch import nn
 from maar_plugin.bounds.layers import batch_norm_affine
 from maar_plugin.errors import MaarError
 
-_FOLDABLE = {nn.BatchNorm2d: nn.Conv2d, nn.BatchNorm1d: nn.Linear}
+_FOLDABLE: dict[type[nn.Module], type[nn.Module]] = {nn.BatchNorm2d: nn.Conv2d, nn.BatchNorm1d: nn.Linear}
 
 
 def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
@@ -22,11 +22,11 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
     """
     folded: list[nn.Module] = []
     for index, layer in enumerate(model):
-        if type(layer) not in _FOLDABLE:
+        if type(layer) not in _FOLDABLE or not isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
             folded.append(copy.deepcopy(layer))
             continue
         previous = folded[-1] if folded else None
-        if type(previous) is not _FOLDABLE[type(layer)]:
+        if type(previous) is not _FOLDABLE[type(layer)] or not isinstance(previous, (nn.Conv2d, nn.Linear)):
             found = type(previous).__name__ if previous is not None else "nothing"
             raise MaarError(f"layer {index} ({type(layer).__name__}) follows {found}; only BatchNorm right after "
                             f"{_FOLDABLE[type(layer)].__name__} can be folded for export")
@@ -38,6 +38,7 @@ def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
 
 def _merged(affine: nn.Conv2d | nn.Linear, norm: nn.BatchNorm1d | nn.BatchNorm2d) -> nn.Conv2d | nn.Linear:
     """``affine`` followed by ``norm`` (eval mode) as one layer of ``affine``'s type, with a bias."""
+    assert norm.running_mean is not None and norm.running_var is not None  # fold_batchnorm checked
     with torch.no_grad():
         scale, shift = batch_norm_affine(norm.running_mean.double(), norm.running_var.double(), norm.eps,
                                          None if norm.weight is None else norm.weight.double(),

@@ -39,6 +39,7 @@ def normalization_as_conv(layer: Normalize) -> nn.Conv2d:
     """
     std, mean = layer.std.detach().flatten(), layer.mean.detach().flatten()
     conv = nn.Conv2d(len(std), len(std), kernel_size=1, groups=len(std))
+    assert conv.bias is not None  # Conv2d has a bias by default
     with torch.no_grad():
         conv.weight.copy_((1.0 / std).view(-1, 1, 1, 1))
         conv.bias.copy_(-mean / std)
@@ -60,7 +61,9 @@ def onnx_bytes(model: nn.Sequential, input_shape: tuple[int, ...], metadata: dic
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation on every call
         warnings.simplefilter("ignore")
-        torch.onnx.export(prepared, (torch.zeros(1, *input_shape),), buffer, input_names=[INPUT_NAME],
+        # torch's annotation of ``f`` omits the file objects that the TorchScript exporter writes to
+        torch.onnx.export(prepared, (torch.zeros(1, *input_shape),), buffer,  # type: ignore[arg-type]
+                          input_names=[INPUT_NAME],
                           output_names=[OUTPUT_NAME], opset_version=OPSET, do_constant_folding=True, dynamo=False)
     graph = onnx.load_from_string(buffer.getvalue())
     onnx.helper.set_model_props(graph, {key: str(value) for key, value in metadata.items()})

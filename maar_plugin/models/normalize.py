@@ -15,6 +15,9 @@ class Normalize(nn.Module):
     Sub/Div.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
         if len(mean) != len(std) or any(s <= 0 for s in std):

@@ -75,16 +75,15 @@ def create_model(name: str, info: DatasetInfo) -> nn.Sequential:
     registered = _registered()
     if name not in registered:
         raise MaarError(f"unknown model {name!r}; known models: {', '.join(sorted(registered))}")
-    model = _load(name, registered[name])(info)
-    check_supported(model, name)
-    return model
+    return check_supported(_load(name, registered[name])(info), name)
 
 
-def check_supported(model: nn.Module, name: str) -> None:
-    """Raise MaarError unless ``model`` is ``nn.Sequential(Normalize, ...)`` of supported layer types."""
+def check_supported(model: nn.Module, name: str) -> nn.Sequential:
+    """``model``, checked to be ``nn.Sequential(Normalize, ...)`` of supported layer types (else MaarError)."""
     if not isinstance(model, nn.Sequential) or len(model) == 0 or not isinstance(model[0], Normalize):
         raise MaarError(f"model {name!r} must be an nn.Sequential whose first layer is Normalize")
     unsupported = sorted({type(layer).__name__ for layer in model if not isinstance(layer, SUPPORTED_LAYERS)})
     if unsupported:
         allowed = ", ".join(layer.__name__ for layer in SUPPORTED_LAYERS)
         raise MaarError(f"model {name!r} uses unsupported layer(s) {', '.join(unsupported)}; allowed: {allowed}")
+    return model

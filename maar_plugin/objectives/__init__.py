@@ -1,7 +1,8 @@
 """Training objectives by name: ``create_objective("maar", model, info, lam=0.5)``; ``maar objectives`` lists them.
 
 Built-ins: natural, pgd, ibp, crown-ibp, sabr, mtl-ibp, exp-ibp, cc-ibp, maar (+ one alias maar-NAME per
-certified base). Third parties add objectives through the ``maar_plugin.objectives`` entry-point group ("name = module:Class").
+certified base). Third parties add objectives through the ``maar_plugin.objectives`` entry-point group
+("name = module:Class").
 """
 from maar_plugin.objectives import adversarial, certified, expressive, maar, natural, sabr  # noqa: F401  (register built-ins)
 from maar_plugin.objectives.base import LossTerms, Objective, hyperparameter
@@ -15,5 +16,5 @@ from maar_plugin.objectives.registry import (
     register_objective,
 )
 
-__all__ = ["ENTRY_POINT_GROUP", "LossTerms", "Objective", "PairwiseBoundsObjective", "create_objective", "hyperparameter",
-           "list_objectives", "objective_class", "objective_hyperparameters", "register_objective"]
+__all__ = ["ENTRY_POINT_GROUP", "LossTerms", "Objective", "PairwiseBoundsObjective", "create_objective",
+           "hyperparameter", "list_objectives", "objective_class", "objective_hyperparameters", "register_objective"]

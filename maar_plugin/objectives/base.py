@@ -7,6 +7,7 @@ same table.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,7 +26,7 @@ class LossTerms:
 
     total: Tensor
     logits: Tensor
-    parts: dict[str, float | Tensor]
+    parts: Mapping[str, float | Tensor]
 
 
 def hyperparameter(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:

@@ -31,7 +31,8 @@ def clean_batch_statistics(model: nn.Module, x: Tensor) -> Iterator[Tensor]:
             handle.remove()
     frozen = [norm for norm in norms if norm in inputs]
     for norm in frozen:
-        norm.forward = partial(_normalise, norm, *_batch_moments(inputs[norm]))
+        # an instance attribute that shadows the class's forward until the ``del`` below
+        norm.forward = partial(_normalise, norm, *_batch_moments(inputs[norm]))  # type: ignore[method-assign]
     try:
         yield logits
     finally:

@@ -17,7 +17,7 @@ centres').
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -104,10 +104,13 @@ class CertifiedObjective(PairwiseBoundsObjective):
         super().__init__(model, info, **hyperparameters)
         # Built here, not on first use: building reloads the model's state in place, which would break
         # the autograd graph of a forward pass already made in the same step.
-        self.fused_ibp = _fused_ibp_supports(model)
-        self.fused_crown = self.needs_crown and self.fused_ibp and supports_crown(model)
+        # The model where the fused plain-torch passes take it (else None), auto_LiRPA where they do not.
+        self.fused_ibp_model = model if _fused_ibp_supports(model) else None
+        self.fused_crown_model: nn.Sequential | None = None
+        if self.needs_crown and self.fused_ibp_model is not None and supports_crown(model):
+            self.fused_crown_model = self.fused_ibp_model
         self.lirpa: LirpaBounds | None = None
-        if not self.fused_ibp or (self.needs_crown and not self.fused_crown):
+        if self.fused_ibp_model is None or (self.needs_crown and self.fused_crown_model is None):
             from maar_plugin.bounds.lirpa import LirpaBounds  # auto_LiRPA only for models the fused passes miss
 
             device = next(model.parameters()).device
@@ -167,9 +170,10 @@ class CertifiedObjective(PairwiseBoundsObjective):
         """IBP lower bounds of all z_j − z_k [B, K, K]: fused plain-torch pass for Sequential models (BatchNorm
         with ``clean``'s statistics), else auto_LiRPA (with the box centres')."""
         rows = self.pairwise_rows(lower)
-        if self.fused_ibp:
-            row_lower = interval_bounds(self.model, lower, upper, rows, clean=clean)[0]
+        if self.fused_ibp_model is not None:
+            row_lower = interval_bounds(self.fused_ibp_model, lower, upper, rows, clean=clean)[0]
         else:
+            assert self.lirpa is not None  # built in __init__
             row_lower = self.lirpa.bounds(lower, upper, rows, "IBP")[0]
         return pairwise_matrix(row_lower, self.info.num_classes)
 
@@ -215,11 +219,13 @@ class CrownIbp(CertifiedObjective):
         """IBP lower bounds of ``rows`` and CROWN-IBP lower bounds of ``crown_rows`` from one IBP pass: plain
         torch where the model allows it (BatchNorm with ``clean``'s statistics), else auto_LiRPA (the box
         centres')."""
-        if self.fused_crown:
-            (ibp_lower, _), trace = interval_bounds_with_trace(self.model, lower, upper, rows, clean=clean)
-            return ibp_lower, crown_lower(self.model, lower, upper, crown_rows, trace)
+        if self.fused_crown_model is not None:
+            model = self.fused_crown_model
+            (ibp_lower, _), trace = interval_bounds_with_trace(model, lower, upper, rows, clean=clean)
+            return ibp_lower, crown_lower(model, lower, upper, crown_rows, trace)
+        assert self.lirpa is not None  # built in __init__
         return self.lirpa.ibp_and_crown_ibp_lower(lower, upper, rows, crown_rows)
 
 
-def _fused_ibp_supports(model: nn.Module) -> bool:
+def _fused_ibp_supports(model: nn.Module) -> TypeGuard[nn.Sequential]:
     return isinstance(model, nn.Sequential) and all(isinstance(layer, SUPPORTED_LAYERS) for layer in model)

@@ -91,7 +91,9 @@ class Maar(Objective):
         if unknown:
             known = ", ".join([*own_names, *objective_class(base_name).hyperparameter_table()])
             raise MaarError(f"objective {self.name!r} has no hyperparameter {sorted(unknown)[0]!r} (it has: {known})")
-        self.base: PairwiseBoundsObjective = create_objective(base_name, model, info, **base_arguments)
+        base = create_objective(base_name, model, info, **base_arguments)
+        assert isinstance(base, PairwiseBoundsObjective)  # _is_base checked its class
+        self.base = base
 
     @classmethod
     def hyperparameter_table(cls, arguments: dict | None = None) -> dict[str, tuple[object, str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from torch import nn
 
@@ -14,12 +14,13 @@ from maar_plugin.objectives.base import Objective
 
 ENTRY_POINT_GROUP = "maar_plugin.objectives"
 _OBJECTIVES: dict[str, type[Objective]] = {}
+_ObjectiveT = TypeVar("_ObjectiveT", bound=Objective)
 
 
-def register_objective(name: str) -> Callable[[type[Objective]], type[Objective]]:
+def register_objective(name: str) -> Callable[[type[_ObjectiveT]], type[_ObjectiveT]]:
     """Class decorator: register an ``Objective`` subclass under ``name`` (also sets ``cls.name``)."""
 
-    def decorate(cls: type[Objective]) -> type[Objective]:
+    def decorate(cls: type[_ObjectiveT]) -> type[_ObjectiveT]:
         if name in _OBJECTIVES and _OBJECTIVES[name] is not cls:
             raise ValueError(f"objective {name!r} is already registered")
         cls.name = name

@@ -50,9 +50,10 @@ def _classifier(path: str, cache: dict[str, OnnxClassifier | MaarError]) -> Onnx
             cache[path] = OnnxClassifier(path)
         except MaarError as error:
             cache[path] = error
-    if isinstance(cache[path], MaarError):
-        raise cache[path]
-    return cache[path]
+    cached = cache[path]
+    if isinstance(cached, MaarError):
+        raise cached
+    return cached
 
 
 def counterexample_figures(sources: list[ResultSource], limit: int = DEFAULT_MAX_COUNTEREXAMPLES

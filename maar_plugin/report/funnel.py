@@ -63,7 +63,7 @@ def plot_funnel(funnels: list[tuple[str, list[FunnelStage]]]) -> bytes:
                       f"falsified", va="center", fontsize="small")
         axes.set_yticks(positions, [s.stage for s in stages])
         axes.invert_yaxis()
-        axes.set_xlim(0, max(entered + [1]) * 1.9)
+        axes.set_xlim(0, max([*entered, 1]) * 1.9)
         axes.set_xlabel("instances")
         axes.set_title(label)
         axes.legend(fontsize="x-small", loc="lower right")

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def folder_labels(folders: list[Path]) -> list[str]:
     return [name if names.count(name) == 1 else str(folder) for name, folder in zip(names, folders)]
 
 
-def read_sources(folders: list[str | Path]) -> list[ResultSource]:
+def read_sources(folders: Sequence[str | Path]) -> list[ResultSource]:
     """Every source of ``folders``, in order (a comparison folder gives two)."""
     paths = [Path(folder) for folder in folders]
     sources: list[ResultSource] = []

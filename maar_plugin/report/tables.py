@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from maar_plugin.report.cactus import DECIDED
@@ -52,7 +53,7 @@ def summary_rows(sources: list[ResultSource]) -> list[list[str]]:
     return rows
 
 
-def format_rows(rows: list[list[str]], left: set[int] = frozenset({0})) -> str:
+def format_rows(rows: list[list[str]], left: AbstractSet[int] = frozenset({0})) -> str:
     """Aligned text columns under a dashed line; columns in ``left`` flush left, the others right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join((cell.ljust(w) if i in left else cell.rjust(w)) for i, (cell, w) in enumerate(zip(row, widths)))
@@ -80,7 +81,7 @@ def side_by_side_table(sources: list[ResultSource]) -> str:
         for result in row.results:
             verdict = "-" if result is None else result.verdict + (f" ({result.stage})" if result.stage else "")
             cells += [verdict, "-" if result is None else f"{result.seconds:.3f}"]
-        rows.append(cells + ["CONTRADICTION" if row.contradiction else ""])
+        rows.append([*cells, "CONTRADICTION" if row.contradiction else ""])
     return format_rows(rows, left={0, len(header) - 1, *range(1, len(header) - 1, 2)})
 
 

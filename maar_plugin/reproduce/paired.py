@@ -33,8 +33,10 @@ class ImageComparison:
 
     def open_range(self) -> tuple[float, float]:
         """The certified difference whichever way the open instances are decided: from all of the base's
-        proved and none of the row's, to the other way round (points)."""
+        proved and none of the row's, to the other way round (points). Needs ``certified``."""
         test = self.certified
+        if test is None:
+            raise ValueError(f"{self.row} over {self.base}: no per-image verdicts to compare")
         total = test.seeds * test.images
         return test.difference - 100.0 * self.open_base / total, test.difference + 100.0 * self.open_row / total
 
@@ -67,7 +69,8 @@ def compare_by_image(results: list[RunResult], pairs: list[tuple[str, str]], res
         certified, open_counts = None, (0, 0)
         if verdicts is not None:
             certified = paired_test(verdicts[0] == "unsat", verdicts[1] == "unsat", resamples)
-            open_counts = tuple(int((~np.isin(side, ("sat", "unsat"))).sum()) for side in verdicts)
+            row_open, base_open = (int((~np.isin(side, ("sat", "unsat"))).sum()) for side in verdicts)
+            open_counts = (row_open, base_open)
         comparisons.append(ImageComparison(row, base, None if clean is None else paired_test(*clean, resamples),
                                            certified, *open_counts, missing))
     return comparisons
@@ -93,12 +96,14 @@ def _images(test: PairedTest | None) -> str:
 
 def _significance_lines(comparisons: list[ImageComparison]) -> list[str]:
     """Which differences are significant, by both criteria and by one only."""
-    both, one = [], []
+    both: list[str] = []
+    one: list[str] = []
     for comparison in comparisons:
         for name, test in (("clean", comparison.clean), ("complete-certified", comparison.certified)):
             if test is None or not (test.interval_excludes_zero or test.test_rejects):
                 continue
-            text = f"{comparison.row} over {comparison.base}, {name} {test.difference:+.2f} points (p = {test.p_value:.2g})"
+            text = (f"{comparison.row} over {comparison.base}, {name} {test.difference:+.2f} points "
+                    f"(p = {test.p_value:.2g})")
             (both if test.interval_excludes_zero and test.test_rejects else one).append(text)
     if not both and not one:
         return ["No difference is significant: every interval contains 0 and every p ≥ 0.05."]

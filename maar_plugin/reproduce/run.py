@@ -49,8 +49,8 @@ def read_plan(out_dir: str | Path) -> Plan:
     path = Path(out_dir) / PLAN_NAME
     try:
         data = json.loads(path.read_text())
-        return Plan(data["recipe"], data["scale"], tuple(data["rows"]), tuple(data["seeds"]), data.get("device", "auto"),
-                    dict(data["evaluation"]))
+        return Plan(data["recipe"], data["scale"], tuple(data["rows"]), tuple(data["seeds"]),
+                    data.get("device", "auto"), dict(data["evaluation"]))
     except FileNotFoundError:
         raise MaarError(f"{out_dir} is not a `maar reproduce` folder (no {PLAN_NAME})") from None
     except (ValueError, KeyError, TypeError) as error:
@@ -146,7 +146,9 @@ def _earlier_count(certify_dir: Path, count: int) -> str:
     earlier = json.loads(path.read_text()).get("count") if path.is_file() else None
     if earlier is None or earlier == count:
         return ""
-    return f" (extending the {earlier} certified)" if earlier < count else f" (the first {count} of the {earlier} certified)"
+    if earlier < count:
+        return f" (extending the {earlier} certified)"
+    return f" (the first {count} of the {earlier} certified)"
 
 
 @dataclass(frozen=True)
@@ -253,11 +255,14 @@ def reproduce(
         raise MaarError(f"--certify-timeout must be a positive number of seconds, got {certify_timeout:g}")
     out_dir = Path(out_dir)
     recipe = load_recipe(recipe_name, scale)
-    overrides = {key: value for key, value in (("certify_count", certify_count), ("certify_timeout", certify_timeout))
-                 if value is not None}
+    evaluation = recipe.evaluation
+    if certify_count is not None:
+        evaluation = replace(evaluation, certify_count=certify_count)
+    if certify_timeout is not None:
+        evaluation = replace(evaluation, certify_timeout=certify_timeout)
     if retry_open is not None:
-        overrides["certify_retry_timeout"] = retry_open or None
-    recipe = replace(recipe, evaluation=replace(recipe.evaluation, **overrides))
+        evaluation = replace(evaluation, certify_retry_timeout=retry_open or None)
+    recipe = replace(recipe, evaluation=evaluation)
     parsed = [parse_row(row) for row in rows]
     plan = _extend_plan(out_dir, recipe, parsed, seeds, device)
     threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None

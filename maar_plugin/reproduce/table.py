@@ -153,7 +153,7 @@ def summary_rows(results: list[RunResult]) -> list[dict]:
         rows.setdefault(result.row, []).append(result)
     summaries = []
     for label, runs in rows.items():
-        summary = {"row": label, "seeds": [run.seed for run in runs if run.metrics]}
+        summary: dict[str, object] = {"row": label, "seeds": [run.seed for run in runs if run.metrics]}
         for key, _ in METRICS:
             summary[key] = statistic([run.metrics[key] for run in runs if key in run.metrics])
         opens = [run.open for run in runs if run.open is not None]
@@ -169,7 +169,7 @@ def summary_rows(results: list[RunResult]) -> list[dict]:
 def maar_pairs(results: list[RunResult]) -> list[tuple[str, str]]:
     """(MAAR row, its base row) for every MAAR row whose base is among the results' rows."""
     labels = list(dict.fromkeys(result.row for result in results))
-    return [(label, maar_base(label)) for label in labels if maar_base(label) in labels]
+    return [(label, base) for label in labels if (base := maar_base(label)) is not None and base in labels]
 
 
 def paired_effects(results: list[RunResult]) -> list[dict]:
@@ -178,11 +178,13 @@ def paired_effects(results: list[RunResult]) -> list[dict]:
     by_key = {(result.row, result.seed): result for result in results}
     effects = []
     for label, base in maar_pairs(results):
-        effect = {"row": label, "base": base}
-        both = [seed for row, seed in by_key if row == label and (base, seed) in by_key
-                and by_key[(label, seed)].open is not None and by_key[(base, seed)].open is not None]
-        effect["open"] = (sum(by_key[(label, seed)].open for seed in both),
-                          sum(by_key[(base, seed)].open for seed in both)) if both else None
+        effect: dict[str, object] = {"row": label, "base": base}
+        paired_open = [(by_key[(label, seed)].open, by_key[(base, seed)].open)
+                       for row, seed in by_key if row == label and (base, seed) in by_key]
+        both = [(row_open, base_open) for row_open, base_open in paired_open
+                if row_open is not None and base_open is not None]
+        effect["open"] = ((sum(row_open for row_open, _ in both), sum(base_open for _, base_open in both))
+                          if both else None)
         for key, _ in METRICS:
             differences = [
                 by_key[(label, seed)].metrics[key] - by_key[(base, seed)].metrics[key]
@@ -237,7 +239,8 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
         "mean ± sample standard deviation over seeds, in percent. *open*: instances left undecided (timeouts), "
         "summed over seeds; complete-certified is exact where it is 0.",
         "",
-        "| objective | seeds | " + " | ".join(title for _, title in METRICS) + " | open | training min/run | hardware |",
+        "| objective | seeds | " + " | ".join(title for _, title in METRICS)
+        + " | open | training min/run | hardware |",
         "|---" * (len(METRICS) + 5) + "|",
     ]
     for summary in summary_rows(results):
@@ -257,8 +260,8 @@ def markdown_report(out_dir: str | Path, rows: list[str] | None = None) -> str:
                   "| MAAR row | base | " + " | ".join(title for _, title in METRICS) + " | open MAAR / base |",
                   "|---" * (len(METRICS) + 3) + "|"]
         for effect in effects:
-            seeds = max((effect[key].n for key, _ in METRICS if effect[key]), default=0)
-            cells = " | ".join(_cell(effect[key], seeds) for key, _ in METRICS)
+            seed_count = max((effect[key].n for key, _ in METRICS if effect[key]), default=0)
+            cells = " | ".join(_cell(effect[key], seed_count) for key, _ in METRICS)
             open_counts = "–" if effect["open"] is None else " / ".join(map(str, effect["open"]))
             lines.append(f"| {effect['row']} | {effect['base']} | {cells} | {open_counts} |")
         lines += by_image_markdown(compare_by_image(results, maar_pairs(results)))

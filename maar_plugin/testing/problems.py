@@ -6,6 +6,7 @@ both judge the verifier on the same problems.
 from __future__ import annotations
 
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def mlp(seed: int, sizes: tuple[int, ...] = (4, 24, 24, 3)) -> nn.Sequential:
     """A seeded fully connected ReLU network with these layer widths (input first)."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []
-    for index, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for index, (a, b) in enumerate(pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if index < len(sizes) - 2:
             layers.append(nn.ReLU())
@@ -67,7 +68,7 @@ class ResidualNet(nn.Module):
 
 def export_onnx(model: nn.Module, path: Path, input_shape: tuple[int, ...]) -> Path:
     """``model`` as an ONNX file with input ``input`` of ``input_shape`` (batch included)."""
-    torch.onnx.export(model, torch.zeros(input_shape), str(path), input_names=["input"], output_names=["output"],
+    torch.onnx.export(model, (torch.zeros(input_shape),), str(path), input_names=["input"], output_names=["output"],
                       dynamo=False)
     return path
 
@@ -118,7 +119,7 @@ def near_tie_problem(seed: int, sizes: list[int]) -> tuple[ReluNetwork, np.ndarr
     (MILP) plus a random δ, 2e-4 <= |δ| <= 2e-2, so that about half hold and the violations are small."""
     rng = np.random.default_rng(seed)
     network = ReluNetwork(tuple(AffineLayer(rng.normal(size=(b, a)) / np.sqrt(a), rng.normal(size=b) * 0.1)
-                                for a, b in zip(sizes[:-1], sizes[1:])), (1, sizes[0]))
+                                for a, b in pairwise(sizes)), (1, sizes[0]))
     centre, eps = rng.uniform(size=sizes[0]), rng.uniform(0.05, 0.4)
     lower, upper = centre - eps, centre + eps
     label = int(np.argmax(network.forward(centre[None])[0]))

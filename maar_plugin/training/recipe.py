@@ -98,7 +98,8 @@ def load_recipe(name_or_path: str, scale: str = "full") -> Recipe:
         unknown = sorted(set(arguments) - set(objective_hyperparameters(base)))
         if unknown:
             raise MaarError(f"recipe {name}: base_args of {base!r} has no hyperparameter(s) {', '.join(unknown)}")
-    return Recipe(name=name, setting=str(data.get("setting", name)), model=str(training.get("model", data.get("model"))),
+    return Recipe(name=name, setting=str(data.get("setting", name)),
+                  model=str(training.get("model", data.get("model"))),
                   description=str(data.get("description", "")), sources=tuple(data.get("sources") or ()),
                   scale=scale, training=training, evaluation=EvaluationSettings(**evaluation), base_args=base_args)
 

@@ -33,7 +33,8 @@ def load_run_config(run_dir: str | Path) -> TrainConfig:
     return build_config(overrides=data)
 
 
-def load_trained_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, TrainConfig, int]:
+def load_trained_model(run_dir: str | Path,
+                       device: torch.device | str = "cpu") -> tuple[nn.Sequential, TrainConfig, int]:
     """The run's model with its checkpoint's weights, in eval mode, its config, and the checkpoint's epoch."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)

@@ -65,7 +65,7 @@ def regularizer_from_bounds(input_bounds: Interval, relu_inputs: list[Interval],
     if not relu_inputs:
         return input_bounds[0].new_zeros(())
     input_radius = ((input_bounds[1] - input_bounds[0]) / 2).mean()
-    tightness = relu_balance = 0.0
+    tightness = relu_balance = input_radius.new_zeros(())
     for lower, upper in relu_inputs:
         centre, radius = (upper + lower) / 2, (upper - lower) / 2
         tightness = tightness + F.relu(tolerance - input_radius / radius.mean().clamp(min=1e-12)) / tolerance

@@ -22,7 +22,8 @@ Pending = tuple[int, str, Instance]  # (position in the csv, instance name, inst
 
 
 def read_instances_csv(path: str | Path, root: str | Path | None = None) -> list[Instance]:
-    """VNN-COMP ``instances.csv`` rows ``onnx,vnnlib,timeout``, paths relative to ``root`` (default: the csv's folder)."""
+    """VNN-COMP ``instances.csv`` rows ``onnx,vnnlib,timeout``, paths relative to ``root`` (default: the csv's
+    folder)."""
     path = Path(path)
     root = Path(root) if root is not None else path.parent
     try:

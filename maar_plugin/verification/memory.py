@@ -107,8 +107,8 @@ def _pair(value) -> tuple[int, int]:
 def _widest_row(graph: LayerGraph, start: int) -> int:
     """The widest coefficient row of a backward pass from one neuron of node ``start`` to the input."""
     widest = 0
-    stack = [(start, 1, None)]           # (node, receptive field, dense width once past a Linear)
-    seen = set()
+    stack: list[tuple[int, int, int | None]] = [(start, 1, None)]  # (node, receptive field, dense width past a Linear)
+    seen: set[tuple[int, int, int | None]] = set()
     while stack:
         state = stack.pop()
         if state in seen:

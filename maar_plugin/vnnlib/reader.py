@@ -195,6 +195,7 @@ class _Reader:
     def formula(self, expression: _List | _Atom) -> list[list[_Constraint]]:
         """Disjunctive normal form: a list of disjuncts, each a list of constraints ``linear <= 0``."""
         operator = self.head(expression)
+        assert isinstance(expression, _List)  # head() raised otherwise
         arguments = expression[1:]
         if operator in ("and", "or") and not arguments:
             raise self.fail(expression.line, f"'{operator}' without arguments")

@@ -40,11 +40,11 @@ from maar_plugin.verification.abcrown.output import Banner, Outcome, parse_assig
 from maar_plugin.verification.instances import Instance, Pending
 from maar_plugin.verification.network.runtime import OnnxRuntimeModel, confirmed_counterexample
 from maar_plugin.verification.options import VerifyOptions
-from maar_plugin.verification.result import ABCROWN_STAGE, InstanceResult
+from maar_plugin.verification.result import ABCROWN_STAGE, InstanceResult, StageState, Verdict
 from maar_plugin.vnnlib.reader import read_vnnlib_cases
 
 WORK_DIR = "abcrown"
-STAGE_STATES = {"unsat": "proved", "sat": "falsified"}
+STAGE_STATES: dict[str, StageState] = {"unsat": "proved", "sat": "falsified"}
 # Keys that select instances or name output files: replaced by the back end's own.
 _REPLACED = {"general": ("csv_name", "root_path", "results_file", "save_adv_example", "device"),
              "model": ("onnx_path", "onnx_path_prefix", "input_shape"),
@@ -111,7 +111,8 @@ class AbcrownVerifier:
                         if retry is not None:
                             retry.append(batch[position])
                             continue
-                        verdict, message = "unknown", f"{message}, but its counterexample is missing or fails onnxruntime"
+                        verdict = "unknown"
+                        message = f"{message}, but its counterexample is missing or fails onnxruntime"
                     yield index, _result(name, instance, verdict, seconds, message, found)
             finally:
                 run.stop()
@@ -143,7 +144,7 @@ class _Process:
         environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
         threads = str(torch.get_num_threads())
         environment.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
-        self.log = open(self.log_path, "w")
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (the reader thread writes it; stop() closes it)
         self.process = subprocess.Popen(
             [str(self.verifier.python), "abcrown.py", "--config", str(config_path.resolve())],
             cwd=Path(self.verifier.checkout) / "complete_verifier", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -153,7 +154,7 @@ class _Process:
         self.reader.start()
         self.last_lines: list[str] = []
 
-    def outcomes(self) -> Iterator[tuple[int, str, float, str]]:
+    def outcomes(self) -> Iterator[tuple[int, Verdict, float, str]]:
         """(position in the batch, verdict, seconds, message) per instance that the process finishes."""
         current: int | None = None
         started = time.monotonic()
@@ -195,7 +196,7 @@ class _Process:
 
     def _remember(self, line: str) -> None:
         if line.strip():
-            self.last_lines = (self.last_lines + [line.strip()])[-3:]
+            self.last_lines = [*self.last_lines, line.strip()][-3:]
 
     def _last_words(self) -> str:
         return self.last_lines[-1][:200] if self.last_lines else "no output"
@@ -274,7 +275,7 @@ def _timeout(instance: Instance, options: VerifyOptions) -> float:
     return instance.timeout if instance.timeout is not None else options.timeout
 
 
-def _result(name: str, instance: Instance, verdict: str, seconds: float = 0.0, message: str = "",
+def _result(name: str, instance: Instance, verdict: Verdict, seconds: float = 0.0, message: str = "",
             counterexample=None) -> InstanceResult:
     """An α,β-CROWN verdict as a record of ours: stage ``abcrown`` (also for errors, so the log says who ran)."""
     return InstanceResult(

@@ -118,7 +118,7 @@ def _instances(path: Path, flat: dict[str, object]) -> list[Instance]:
         base = root if root is not None else Path.cwd()
         rows = read_instances_csv(base / str(csv_name), root=base)
         start, end = flat.get("data.start"), flat.get("data.end")
-        if not all(value is None or isinstance(value, int) for value in (start, end)):
+        if not (start is None or isinstance(start, int)) or not (end is None or isinstance(end, int)):
             raise MaarError(f"{path}: data.start and data.end must be whole numbers (csv rows)")
         selected = rows[start:end]
         if not selected:

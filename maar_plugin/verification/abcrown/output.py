@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from maar_plugin.errors import MaarError
+from maar_plugin.verification.result import Verdict
 
 _BANNER = re.compile(r"%{3,} idx: (\d+), vnnlib ID: \d+ %{3,}")
 _RESULT = re.compile(r"Result: (.+?) in ([0-9.eE+-]+) seconds")
@@ -53,7 +54,7 @@ def parse_line(line: str) -> Banner | Outcome | None:
     return None
 
 
-def verdict_of(status: str, seconds: float, timeout: float) -> str | None:
+def verdict_of(status: str, seconds: float, timeout: float) -> Verdict | None:
     """Our verdict for an α,β-CROWN status: sat, unsat, timeout or unknown; None for a status we do not know.
 
     A proof or counterexample found after the timeout (``safe (timed out)``) is still one."""

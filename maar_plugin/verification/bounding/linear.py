@@ -55,7 +55,7 @@ class SplitBoundEngine:
     def __init__(self, graph: LayerGraph, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         for index in range(1, len(graph.nodes)):
             module = graph.module_of(index)
-            if not isinstance(module, AFFINE_MODULES + (nn.ReLU,)):
+            if not isinstance(module, (*AFFINE_MODULES, nn.ReLU)):
                 raise MaarError(f"branch and bound does not support {type(module).__name__} (node "
                                 f"{graph.nodes[index].name})")
         self.graph = _copy_to(graph, dtype, device)
@@ -106,6 +106,7 @@ class SplitBoundEngine:
                 alpha = None if alphas is None else alphas.get(index)
                 A_in, bias = _relu_backward(A, l, u, alpha)
                 if betas is not None and index in betas:
+                    assert split_signs is not None, "betas come with split_signs"
                     A_in = A_in - betas[index] * split_signs[index].to(self.dtype)
                 constant = constant + bias
                 magnitude = magnitude + bias.abs()

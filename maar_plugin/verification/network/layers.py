@@ -53,6 +53,9 @@ class ElementwiseAffine(nn.Module):
     BatchNormalization). The converter folds the shift into a neighbouring Linear or Conv2d wherever it
     can: auto_LiRPA 0.3 cannot bound the sum of a computed tensor and a constant one."""
 
+    scale: Tensor
+    shift: Tensor | None
+
     def __init__(self, scale: Tensor, shift: Tensor | None = None) -> None:
         super().__init__()
         self.register_buffer("scale", scale.detach().clone())
@@ -121,7 +124,9 @@ class LayerGraph(nn.Module):
         return int(torch.Size(self.nodes[-1].shape).numel())
 
     def module_of(self, index: int) -> nn.Module:
-        return self.layers[self.nodes[index].module]
+        module = self.nodes[index].module
+        assert module is not None, "the input node has no module"
+        return self.layers[module]
 
     def relu_indices(self) -> list[int]:
         """Indices of the ReLU nodes, in topological order."""
@@ -143,8 +148,8 @@ class LayerGraph(nn.Module):
     def node_values(self, x: Tensor) -> list[Tensor]:
         """The value of every node for inputs ``x`` [batch, *example_shape]."""
         values: list[Tensor] = [x]
-        for node in self.nodes[1:]:
-            values.append(self.layers[node.module](*[values[i] for i in node.inputs]))
+        for index, node in enumerate(self.nodes[1:], start=1):
+            values.append(self.module_of(index)(*[values[i] for i in node.inputs]))
         return values
 
     def forward(self, x: Tensor) -> Tensor:

@@ -139,7 +139,8 @@ class _Builder:
             return
         for name in computed:
             if name not in self.computed:
-                raise MaarError(f"{node.op_type} node {self.label(node)} reads {name!r}, which no earlier node computes")
+                raise MaarError(f"{node.op_type} node {self.label(node)} reads {name!r}, "
+                                "which no earlier node computes")
         op = node.op_type
         handler = getattr(self, f"op_{op}", None)
         if op in _PASS_THROUGH or op == "Cast":
@@ -179,6 +180,12 @@ class _Builder:
         if node.input[index] not in self.constants:
             raise MaarError(f"{node.op_type} node {self.label(node)}: input {index} must be a constant")
         return self.constants[node.input[index]]
+
+    def required_constant(self, node: onnx.NodeProto, index: int) -> np.ndarray:
+        value = self.constant(node, index)
+        if value is None:
+            raise MaarError(f"{node.op_type} node {self.label(node)}: input {index} is missing")
+        return value
 
     def add_node(self, name: str, module: nn.Module, inputs: list[int]) -> int:
         """Append a node; its example shape comes from running the module on zeros."""
@@ -314,14 +321,16 @@ class _Builder:
     def op_Conv(self, node, computed, attributes) -> None:
         source = self.tensor(computed[0], allow_pads=True)
         self.require_image(node, source)
-        weight = np.array(self.constant(node, 1), dtype=np.float32)
+        weight = np.array(self.required_constant(node, 1), dtype=np.float32)
         bias = self.constant(node, 2)
         if weight.ndim != 4:
             raise MaarError(f"Conv node {self.label(node)}: only 2-D convolutions are supported")
         padding = self.symmetric_pads(node, source, attributes)
         group = int(attributes.get("group", 1))
-        conv = nn.Conv2d(weight.shape[1] * group, weight.shape[0], weight.shape[2:], stride=self.ints(attributes, "strides"),
-                         padding=padding, dilation=self.ints(attributes, "dilations"), groups=group, bias=True)
+        conv = nn.Conv2d(weight.shape[1] * group, weight.shape[0], (weight.shape[2], weight.shape[3]),
+                         stride=self.pair(node, attributes, "strides"), padding=padding,
+                         dilation=self.pair(node, attributes, "dilations"), groups=group, bias=True)
+        assert conv.bias is not None  # bias=True
         with torch.no_grad():
             conv.weight.copy_(torch.from_numpy(weight))
             conv.bias.copy_(torch.zeros(weight.shape[0]) if bias is None else _float_tensor(bias))
@@ -336,8 +345,9 @@ class _Builder:
         mode = mode.decode() if isinstance(mode, bytes) else mode
         pads = self.constant(node, 1)
         pads = np.array(attributes.get("pads", []) if pads is None else pads, dtype=np.int64)
-        value = self.constant(node, 2)
-        value = float(attributes.get("value", 0.0)) if value is None else float(np.asarray(value).reshape(-1)[0])
+        value_input = self.constant(node, 2)
+        value = (float(attributes.get("value", 0.0)) if value_input is None
+                 else float(np.asarray(value_input).reshape(-1)[0]))
         axes = self.constant(node, 3)
         rank = len(source.shape)
         if axes is not None:
@@ -346,7 +356,8 @@ class _Builder:
                 full[axis], full[axis + rank] = pads[position], pads[position + len(axes)]
             pads = full
         if mode != "constant" or value != 0.0:
-            raise MaarError(f"Pad node {self.label(node)}: only zero padding is supported (got mode {mode}, value {value})")
+            raise MaarError(f"Pad node {self.label(node)}: only zero padding is supported "
+                            f"(got mode {mode}, value {value})")
         if rank != 4 or len(pads) != 8 or pads[[0, 1, 4, 5]].any() or (pads < 0).any():
             raise MaarError(f"Pad node {self.label(node)}: only non-negative padding of the two spatial dimensions "
                             "of an image tensor is supported")
@@ -362,38 +373,40 @@ class _Builder:
         own = [int(p) for p in attributes.get("pads", [0, 0, 0, 0])]
         if any(own) and not attributes.get("count_include_pad", 0):
             raise MaarError(f"AveragePool node {self.label(node)}: count_include_pad=0 with padding is not supported")
-        kernel = self.ints(attributes, "kernel_shape")
+        kernel = self.pair(node, attributes, "kernel_shape")
         padding = self.symmetric_pads(node, source, attributes)
         if padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
             raise MaarError(f"AveragePool node {self.label(node)}: padding larger than half the kernel")
-        strides = self.ints(attributes, "strides", kernel)
+        strides = self.pair(node, attributes, "strides", kernel)
         pool = nn.AvgPool2d(kernel, stride=strides, padding=padding, count_include_pad=True)
         self.require_floor_mode(node, attributes, pool, source)
         if any(padding):   # auto_LiRPA 0.3's backward bound of a padded AvgPool ignores the padding: a conv instead
             channels = source.example[0]
-            pool = nn.Conv2d(channels, channels, kernel, stride=strides, padding=padding, bias=False)
+            conv = nn.Conv2d(channels, channels, kernel, stride=strides, padding=padding, bias=False)
             with torch.no_grad():
-                pool.weight.zero_()
-                pool.weight[range(channels), range(channels)] = 1.0 / (kernel[0] * kernel[1])
-        self.emit(node, pool, source, nonnegative=source.nonnegative)
+                conv.weight.zero_()
+                conv.weight[range(channels), range(channels)] = 1.0 / (kernel[0] * kernel[1])
+            self.emit(node, conv, source, nonnegative=source.nonnegative)
+        else:
+            self.emit(node, pool, source, nonnegative=source.nonnegative)
 
     def op_GlobalAveragePool(self, node, computed, attributes) -> None:
         source = self.tensor(computed[0])
         self.require_image(node, source)
-        self.emit(node, nn.AvgPool2d(source.example[1:]), source, nonnegative=source.nonnegative)
+        self.emit(node, nn.AvgPool2d((source.example[1], source.example[2])), source, nonnegative=source.nonnegative)
 
     def op_MaxPool(self, node, computed, attributes) -> None:
         source = self.tensor(computed[0], allow_pads=True)
         self.require_image(node, source)
         if len(node.output) > 1 and node.output[1]:
             raise MaarError(f"MaxPool node {self.label(node)}: the Indices output is not supported")
-        kernel = self.ints(attributes, "kernel_shape")
+        kernel = self.pair(node, attributes, "kernel_shape")
         padding = self.symmetric_pads(node, source, attributes)
         if any(padding) and not source.nonnegative:
             raise MaarError(f"MaxPool node {self.label(node)}: padding is only supported on a non-negative input "
                             "(after a Relu)")
         channels = source.example[0]
-        strides, dilations = self.ints(attributes, "strides", kernel), self.ints(attributes, "dilations")
+        strides, dilations = self.pair(node, attributes, "strides", kernel), self.pair(node, attributes, "dilations")
         self.require_floor_mode(node, attributes, nn.MaxPool2d(kernel, strides, padding, dilations), source)
         values = []
         for row in range(kernel[0]):
@@ -406,7 +419,7 @@ class _Builder:
                 values.append(self.add_node(f"{node.output[0]}/pick{row}_{column}", pick, [source.node]))
         level = 0
         while len(values) > 1:
-            paired = []
+            paired: list[int] = []
             for first, second in zip(values[0::2], values[1::2]):
                 prefix = f"{node.output[0]}/max{level}_{len(paired)}"
                 difference = self.add_node(f"{prefix}/sub", Sub(), [second, first])
@@ -425,7 +438,7 @@ class _Builder:
 
     def op_Reshape(self, node, computed, attributes) -> None:
         source = self.tensor(computed[0])
-        target = [int(d) for d in self.constant(node, 1)]
+        target = [int(d) for d in self.required_constant(node, 1)]
         if not attributes.get("allowzero", 0):
             target = [source.shape[i] if d == 0 else d for i, d in enumerate(target)]
         if target.count(-1) == 1:
@@ -479,9 +492,13 @@ class _Builder:
             raise MaarError(f"{node.op_type} node {self.label(node)}: only 2-D images [1, C, H, W] are supported, "
                             f"got shape {source.shape}")
 
-    @staticmethod
-    def ints(attributes: dict, name: str, default: list[int] | None = None) -> tuple[int, ...]:
-        return tuple(int(v) for v in attributes.get(name, default if default is not None else [1, 1]))
+    def pair(self, node: onnx.NodeProto, attributes: dict, name: str,
+             default: tuple[int, int] = (1, 1)) -> tuple[int, int]:
+        """A 2-D op's attribute of two whole numbers (kernel_shape, strides, dilations)."""
+        values = [int(v) for v in attributes.get(name, default)]
+        if len(values) != 2:
+            raise MaarError(f"{node.op_type} node {self.label(node)}: {name} {values} is not a pair (2-D ops only)")
+        return values[0], values[1]
 
     def symmetric_pads(self, node: onnx.NodeProto, source: _Computed, attributes: dict) -> tuple[int, int]:
         """The op's own pads plus a pending zero Pad, as torch's symmetric (rows, columns) padding."""
@@ -498,7 +515,8 @@ class _Builder:
                             f"({top}, {left}, {bottom}, {right}) is not supported")
         return top, left
 
-    def require_floor_mode(self, node: onnx.NodeProto, attributes: dict, pool: nn.Module, source: _Computed) -> None:
+    def require_floor_mode(self, node: onnx.NodeProto, attributes: dict, pool: nn.AvgPool2d | nn.MaxPool2d,
+                           source: _Computed) -> None:
         if not attributes.get("ceil_mode", 0):
             return
         floor = pool(torch.zeros(1, *self.nodes[source.node].shape)).shape
@@ -536,7 +554,9 @@ class _Builder:
         images only), then merge chains of Reshapes; returns the output node."""
         consumers = self.consumers(output)
         for node in self.nodes:
-            source = node.inputs[0] if node.inputs else None
+            if not node.inputs:
+                continue
+            source = node.inputs[0]
             if isinstance(node.module, nn.ReLU) and isinstance(self.nodes[source].module, Reshape) \
                     and consumers[source] == 1:
                 reshape = self.nodes[source]
@@ -577,6 +597,7 @@ class _Builder:
         """Fold the ElementwiseAffine node into its producer, or turn it into a module auto_LiRPA 0.3 bounds;
         returns the node that now stands for its output."""
         node = self.nodes[index]
+        assert isinstance(node.module, ElementwiseAffine)
         scale, shift = node.module.scale, node.module.shift
         producer = self.nodes[node.inputs[0]]
         if isinstance(producer.module, ElementwiseAffine) and consumers[node.inputs[0]] == 1:
@@ -600,12 +621,15 @@ class _Builder:
             return node.inputs[0]
         if bool((scale == 1).all()) and (shift is None or bool((shift == 0).all())):
             return node.inputs[0]
+        module: nn.Module
         if per_channel:
             channels = node.shape[0]
-            module = nn.Conv2d(channels, channels, 1, bias=True)
+            conv = nn.Conv2d(channels, channels, 1, bias=True)
+            assert conv.bias is not None  # bias=True
             with torch.no_grad():
-                module.weight.copy_(torch.diag(scale[:, 0, 0]).reshape(channels, channels, 1, 1))
-                module.bias.copy_(torch.zeros(channels) if shift is None else shift[:, 0, 0])
+                conv.weight.copy_(torch.diag(scale[:, 0, 0]).reshape(channels, channels, 1, 1))
+                conv.bias.copy_(torch.zeros(channels) if shift is None else shift[:, 0, 0])
+            module = conv
         elif shift is None or bool((shift == 0).all()):
             module = ElementwiseAffine(scale)
         elif len(node.shape) == 1 and node.shape[0] <= MAX_DIAGONAL_LINEAR:

@@ -78,8 +78,8 @@ def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path,
     options = options or VerifyOptions()
     verifier = verifier or cascade_verifier()
     retry_open = retry_seconds(retry_open)
-    instances = [item if isinstance(item, Instance) else Instance(Path(item[0]), Path(item[1]), item[2])
-                 for item in instances]
+    given = [item if isinstance(item, Instance) else Instance(Path(item[0]), Path(item[1]), item[2])
+             for item in instances]
     shard = shard if shard is not None and shard.count > 1 else None
     out_dir = Path(out_dir)
     log_path = out_dir / log_name(shard)
@@ -88,7 +88,7 @@ def verify_instances(instances: Iterable[Instance | tuple], out_dir: str | Path,
     logged = {r.instance: r for r in read_log(out_dir)} if resume else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     drop_torn_last_line(log_path)
-    share = list(enumerate(zip(instance_names(instances), instances)))  # names over the whole csv
+    share = list(enumerate(zip(instance_names(given), given)))  # names over the whole csv
     share = shard.select(share) if shard else share
     done = {index: logged[name] for index, (name, _) in share if name in logged}
     pending = [(index, name, instance) for index, (name, instance) in share if name not in logged]

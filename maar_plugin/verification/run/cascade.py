@@ -197,9 +197,9 @@ class Cascade:
         offsets = np.stack([padded(case.prop.unsafe[j].bounds) for j in open_disjuncts])
         thresholds = np.stack([np.full(rows, self.tolerance(j, case)) for j in open_disjuncts])
         graph = self.model.graph
-        relu_bounds = {relu: tuple(torch.as_tensor(bound, dtype=torch.float32).reshape(graph.nodes[relu].shape)
-                                   for bound in pair)
-                       for relu, pair in zip(graph.relu_indices(), self.preactivation(case))}
+        relu_bounds = {relu: (torch.as_tensor(low, dtype=torch.float32).reshape(graph.nodes[relu].shape),
+                              torch.as_tensor(high, dtype=torch.float32).reshape(graph.nodes[relu].shape))
+                       for relu, (low, high) in zip(graph.relu_indices(), self.preactivation(case))}
         problem = BabProblem(torch.as_tensor(C, dtype=torch.float32), torch.as_tensor(offsets, dtype=torch.float32),
                              torch.as_tensor(thresholds, dtype=torch.float32),
                              torch.as_tensor(outward(case.prop.input_lower, -1)),
@@ -215,6 +215,7 @@ class Cascade:
             return points[0] if self.attack(case, starts=points, steps=20, restarts=len(points)) else None
 
         options, memory = self.options.bab, self.model.memory
+        search: InputSplitSearch | BranchAndBound
         if graph.num_inputs <= options.input_split_max_inputs:
             search = InputSplitSearch(self.model.engine(), problem, options, memory, confirm)
         else:

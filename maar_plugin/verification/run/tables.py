@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Set as AbstractSet
 
 from maar_plugin.verification.result import ABCROWN_STAGE, STAGES, VERDICTS, InstanceResult, certified_by
 
@@ -12,7 +13,7 @@ def _time_columns(values: list[float]) -> list[str]:
     return [f"{statistics.fmean(values):.3f}", f"{statistics.median(values):.3f}", f"{max(values):.3f}"]
 
 
-def _format(rows: list[list[str]], left: set[int] = frozenset({0})) -> str:
+def _format(rows: list[list[str]], left: AbstractSet[int] = frozenset({0})) -> str:
     """Aligned columns; those in ``left`` flush left, the others (numbers) flush right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join((cell.ljust(w) if i in left else cell.rjust(w)) for i, (cell, w) in enumerate(zip(row, widths)))
@@ -36,12 +37,12 @@ def stage_table(results: list[InstanceResult]) -> str:
         decided = [r for r in ran if r.stage == stage]
         rows.append([stage, str(len(ran)),
                      str(sum(r.verdict == "unsat" for r in decided)), str(sum(r.verdict == "sat" for r in decided)),
-                     str(sum(r.stage_verdicts[stage] == "open" for r in ran)), str(certified_by(results, stage))]
-                    + _time_columns([r.stage_seconds[stage] for r in ran if stage in r.stage_seconds]))
+                     str(sum(r.stage_verdicts[stage] == "open" for r in ran)), str(certified_by(results, stage)),
+                     *_time_columns([r.stage_seconds[stage] for r in ran if stage in r.stage_seconds])])
     rows.append(["total", str(len(results)), str(sum(r.verdict == "unsat" for r in results)),
                  str(sum(r.verdict == "sat" for r in results)),
-                 str(sum(r.verdict not in ("unsat", "sat") for r in results)), ""]
-                + _time_columns([r.seconds for r in results]))
+                 str(sum(r.verdict not in ("unsat", "sat") for r in results)), "",
+                 *_time_columns([r.seconds for r in results])])
     verdicts = "  ".join(f"{v}: {sum(r.verdict == v for r in results)}" for v in VERDICTS)
     unstable = [r.unstable_relus for r in results if r.unstable_relus is not None]
     footer = f"verdicts  {verdicts}"

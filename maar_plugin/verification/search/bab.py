@@ -73,11 +73,19 @@ STORED = torch.float16   # α and β as stored between passes: any α in [0, 1] 
 
 
 class _Domains:
-    """The unproved domains as stacked tensors (α and β in ``STORED`` precision)."""
+    """The unproved domains as stacked tensors (α and β in ``STORED`` precision; ``margin`` and ``choice``
+    once bounded)."""
 
-    def __init__(self, disjunct: Tensor, signs: Tensor, alpha: Tensor, beta: Tensor, margin: Tensor, choice: Tensor):
+    margin: Tensor
+    choice: Tensor
+
+    def __init__(self, disjunct: Tensor, signs: Tensor, alpha: Tensor, beta: Tensor, margin: Tensor | None,
+                 choice: Tensor | None):
         self.disjunct, self.signs, self.alpha, self.beta = disjunct, signs, alpha, beta
-        self.margin, self.choice = margin, choice
+        if margin is not None:
+            self.margin = margin
+        if choice is not None:
+            self.choice = choice
 
     def __len__(self) -> int:
         return int(self.disjunct.shape[0])
@@ -214,6 +222,7 @@ class BranchAndBound:
     def _default_alpha(self, count: int) -> Tensor:
         if not self.num_unstable:
             return torch.zeros(count, self.rows, 0, dtype=self.engine.dtype, device=self.engine.device)
+        assert self.unstable_lower is not None and self.unstable_upper is not None  # set where num_unstable > 0
         slopes = adaptive_lower_slope(self.unstable_lower, self.unstable_upper)
         return slopes.expand(count, self.rows, -1).clone()
 
@@ -229,8 +238,10 @@ class BranchAndBound:
         return _Domains(parents.disjunct.repeat(2), signs, parents.alpha.repeat(2, 1, 1), beta,
                         parents.margin.repeat(2), parents.choice.repeat(2))
 
-    def _expand(self, signs: Tensor, compressed: Tensor | None, base: Tensor | None = None) -> dict[int, Tensor]:
-        """Per ReLU, a dense [R, B, *shape] tensor: ``base`` (or 0) with the compressed values at the unstable neurons."""
+    def _expand(self, signs: Tensor, compressed: Tensor | None,
+                base: dict[int, Tensor] | None = None) -> dict[int, Tensor]:
+        """Per ReLU, a dense [R, B, *shape] tensor: ``base`` (or 0) with the compressed values at the unstable
+        neurons."""
         result = {}
         batch = signs.shape[0]
         for relu in self.engine.relus:
@@ -353,6 +364,7 @@ class BranchAndBound:
         batch = len(domains)
         if not self.num_unstable or not batch:
             return torch.full((batch,), -1, dtype=torch.long, device=domains.signs.device)
+        assert self.unstable_lower is not None and self.unstable_upper is not None and self.unstable_bias is not None
         with torch.no_grad():
             A = torch.cat([result.relu_coefficients[relu].reshape(self.rows, result.lower.shape[1], -1)
                            [best_row, columns][:, self.unstable[relu]] for relu in self.engine.relus], dim=1)
@@ -384,11 +396,11 @@ class BranchAndBound:
         relu_bounds, split_signs = self._relu_bounds(domains.signs)
         batch = len(domains)
         slopes = {relu: adaptive_lower_slope(*self.root[relu]) for relu in self.engine.relus}
+        alpha = domains.alpha.permute(1, 0, 2).to(self.engine.dtype)
+        beta = domains.beta.permute(1, 0, 2).to(self.engine.dtype)
         result = self.engine.bound(C, self.lower.expand(batch, -1), self.upper.expand(batch, -1), relu_bounds,
-                                   alphas=self._expand(domains.signs, domains.alpha.permute(1, 0, 2).to(self.engine.dtype),
-                                                       slopes),
-                                   betas=self._expand(domains.signs, domains.beta.permute(1, 0, 2).to(self.engine.dtype)),
-                                   split_signs=split_signs)
+                                   alphas=self._expand(domains.signs, alpha, slopes),
+                                   betas=self._expand(domains.signs, beta), split_signs=split_signs)
         margin = result.lower - offsets - thresholds - FLOAT32_ALLOWANCE * result.magnitude
         return margin.max(dim=0).values
 

@@ -107,8 +107,8 @@ class FixedPatternLP:
                 signs.append(split_signs[relu].reshape(-1).to(device)[index])
         count = C.shape[0]
         weight, bias = torch.cat(weights).cpu().numpy(), torch.cat(biases).cpu().numpy()
-        sign = torch.cat(signs).cpu().numpy().astype(np.float64) if signs else np.zeros(0)
-        return AffinePiece(weight[:count], bias[:count], weight[count:], bias[count:], sign)
+        split_sign = torch.cat(signs).cpu().numpy().astype(np.float64) if signs else np.zeros(0)
+        return AffinePiece(weight[:count], bias[:count], weight[count:], bias[count:], split_sign)
 
     def decide(self, C: Tensor, offsets: Tensor, thresholds: Tensor, split_signs: dict[int, Tensor],
                time_limit: float) -> PatternVerdict:
