@@ -3,7 +3,9 @@
 auto_LiRPA (through :class:`~maar_plugin.bounds.lirpa.LirpaBounds`, the wrapper training uses too) bounds
 the LayerGraph itself, convolutions in patches mode, or in matrix mode where patches cannot pass a node
 before a convolution (:func:`patches_blocker`: a Transpose the converter could not fold away, a slice or
-concatenation of images along a spatial dimension). Inputs are float64 boxes rounded outward to float32,
+concatenation of images along a spatial dimension). auto_LiRPA 0.3's alpha-CROWN fails on some graphs
+where a Sigmoid or Tanh output reaches a later node along two paths (a shape mismatch inside
+auto_LiRPA); the cascade then records that stage as failed and goes on from CROWN's bounds. Inputs are float64 boxes rounded outward to float32,
 so the float32 box contains the property's, and enter the graph in its input layout
 (``LayerGraph.to_graph_layout``). Its bounds of every activation's input (ReLU, Sigmoid, Tanh), widened
 by a float32 safety pad, are the root bounds of branch and bound: the pad makes decisions about stable
@@ -43,6 +45,8 @@ class LirpaBoundStages:
         options = {"sparse_features_alpha": False}
         if patches_blocker(graph) is not None:
             options["conv_mode"] = "matrix"
+        if _shared_relu_input(graph):
+            options["sparse_spec_alpha"] = False
         self.lirpa = LirpaBounds(self.model, example, alpha_iterations, alpha_lr, options)
         self.activations = graph.activation_indices()
         kinds = [(_KINDS[type(graph.module_of(index))], graph.nodes[index].shape) for index in self.activations]
@@ -106,6 +110,17 @@ def patches_blocker(graph: LayerGraph) -> str | None:
         if blocker is not None and isinstance(module, (nn.Conv2d, nn.AvgPool2d)):
             return blocker
     return None
+
+
+def _shared_relu_input(graph: LayerGraph) -> bool:
+    """Whether some ReLU's input is read by another node too (a LeakyRelu's ``a·z + (1 − a)·relu(z)``, a skip
+    from a pre-activation). auto_LiRPA 0.3's alpha-CROWN then stores sparse slopes for that ReLU but reads
+    them as dense (an AssertionError), unless its slopes are dense from the start (``sparse_spec_alpha``)."""
+    readers = [0] * len(graph.nodes)
+    for node in graph.nodes:
+        for source in node.inputs:
+            readers[source] += 1
+    return any(readers[graph.nodes[relu].inputs[0]] > 1 for relu in graph.relu_indices())
 
 
 def outward(values: np.ndarray, direction: int) -> np.ndarray:

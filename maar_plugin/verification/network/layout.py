@@ -15,7 +15,7 @@ that is exact, rewriting its node list (each node: ``name``, ``inputs``, ``shape
   input's C order;
 - a Transpose read (through Reshapes) by an ``nn.Linear`` on a vector becomes a Reshape, its permutation
   moved into the Linear's columns; one that reads a Linear's vector output (through Reshapes and
-  elementwise maps, e.g. a bias Add) moves into the Linear's rows.
+  elementwise maps: a bias Add, an activation) moves into the Linear's rows.
 
 Each tensor on the way must have no other reader. Every other Transpose stays a :class:`Transpose` module.
 """
@@ -27,7 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from maar_plugin.verification.network.layers import ElementwiseAffine, Reshape, Transpose
+from maar_plugin.verification.network.layers import S_SHAPED_MODULES, ElementwiseAffine, Reshape, Transpose
+
+
+_ORDER_KEEPING = (Reshape, ElementwiseAffine, nn.ReLU, *S_SHAPED_MODULES)   # elementwise, or a reshape
 
 
 class LayoutNode(Protocol):
@@ -122,10 +125,10 @@ def _fold_into_next_linear(nodes: list[LayoutNode], index: int, consumers: list[
 
 def _fold_into_previous_linear(nodes: list[LayoutNode], index: int, consumers: list[int]) -> bool:
     """Permute the rows of the Linear whose vector output the Transpose reads through Reshapes and
-    ElementwiseAffine maps (a Dense layer's MatMul, then its bias Add); those maps' constants too."""
+    elementwise maps (a Dense layer's bias Add, its activation); the ElementwiseAffine maps' constants too."""
     transpose = nodes[index]
     source, affines = transpose.inputs[0], []
-    while consumers[source] == 1 and isinstance(nodes[source].module, (Reshape, ElementwiseAffine)):
+    while consumers[source] == 1 and isinstance(nodes[source].module, _ORDER_KEEPING):
         if isinstance(nodes[source].module, ElementwiseAffine):
             affines.append(nodes[source].module)
         source = nodes[source].inputs[0]
