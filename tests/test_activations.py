@@ -10,8 +10,10 @@ from maar_plugin.bounds.activations import S_SHAPED, s_shaped_relaxation
 def intervals(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Negative, positive, crossing, wide (|z| up to 60), narrow and degenerate intervals."""
     generator = torch.Generator().manual_seed(seed)
-    centre = torch.randn(4000, generator=generator, dtype=torch.float64) * torch.tensor([0.5, 3.0, 20.0, 0.01]).repeat(1000)
-    width = torch.rand(4000, generator=generator, dtype=torch.float64) * torch.tensor([0.1, 4.0, 40.0, 1e-6]).repeat(1000)
+    scale = torch.tensor([0.5, 3.0, 20.0, 0.01], dtype=torch.float64).repeat(1000)
+    widths = torch.tensor([0.1, 4.0, 40.0, 1e-6], dtype=torch.float64).repeat(1000)
+    centre = torch.randn(4000, generator=generator, dtype=torch.float64) * scale
+    width = torch.rand(4000, generator=generator, dtype=torch.float64) * widths
     width[:10] = 0.0
     return centre - width / 2, centre + width / 2
 

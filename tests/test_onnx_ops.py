@@ -45,7 +45,8 @@ class FlatToImage(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv, self.fc, self.out = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3 * 4 * 4, 2 * 4 * 4), nn.Conv2d(2, 2, 3)
+        self.conv, self.out = nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(2, 2, 3)
+        self.fc = nn.Linear(3 * 4 * 4, 2 * 4 * 4)
 
     def forward(self, x):
         y = torch.relu(self.conv(x.reshape(1, 4, 4, 2).permute(0, 3, 1, 2)))
@@ -141,8 +142,8 @@ def hand_built_model(path) -> None:
     constants = [
         helper.make_tensor("w1", TensorProto.FLOAT, w1.shape, w1.reshape(-1)),
         helper.make_tensor("w2", TensorProto.FLOAT, w2.shape, w2.reshape(-1)),
-        helper.make_tensor("starts", TensorProto.INT64, [1], [8]), helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes", TensorProto.INT64, [1], [1]), helper.make_tensor("steps", TensorProto.INT64, [1], [-2]),
+        *(helper.make_tensor(name, TensorProto.INT64, [1], [value])
+          for name, value in (("starts", 8), ("ends", 1), ("axes", 1), ("steps", -2))),
         helper.make_tensor("indices", TensorProto.INT64, [2, 2], [0, -1, 3, 3]),
         helper.make_tensor("split", TensorProto.INT64, [2], [3, 7]),
     ]
@@ -173,7 +174,7 @@ def sampled_box(graph, seed: int, eps: float) -> tuple[np.ndarray, np.ndarray, t
     return lower, upper, torch.as_tensor(samples, dtype=torch.float32)
 
 
-@pytest.mark.parametrize("make, shape", MODELS + [(None, (1, 5))])
+@pytest.mark.parametrize("make, shape", [*MODELS, (None, (1, 5))])
 def test_bounds_contain_sampled_values(tmp_path, make, shape):
     torch.manual_seed(1)
     if make is None:
@@ -194,7 +195,7 @@ def test_bounds_contain_sampled_values(tmp_path, make, shape):
             z = values[graph.nodes[index].inputs[0]].reshape(len(samples), -1).double().numpy()
             assert np.all(z >= low) and np.all(z <= up), (method, graph.nodes[index].name)
     engine = SplitBoundEngine(graph)
-    box_lower, box_upper = torch.as_tensor(lower[None], dtype=torch.float32), torch.as_tensor(upper[None], dtype=torch.float32)
+    box_lower, box_upper = (torch.as_tensor(bound[None], dtype=torch.float32) for bound in (lower, upper))
     intermediate = engine.intermediate_bounds(box_lower, box_upper)
     assert sorted(intermediate) == graph.activation_indices()
     for index, (low, up) in intermediate.items():
@@ -245,7 +246,7 @@ def test_constant_concat_and_integer_casts_are_refused(tmp_path):
         def forward(self, x):
             return torch.cat([x, torch.ones(1, 2)], 1)
 
-    with pytest.raises(MaarError, match="Concat node .* joins a constant"):
+    with pytest.raises(MaarError, match=r"Concat node .* joins a constant"):
         load_onnx_graph(export_onnx(ConstantConcat(), tmp_path / "concat.onnx", (1, 3)))
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Cast", ["r"], ["i"], to=TensorProto.INT64),
              helper.make_node("Gather", ["table", "i"], ["y"], axis=0)]
@@ -253,6 +254,6 @@ def test_constant_concat_and_integer_casts_are_refused(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
                               [helper.make_tensor("table", TensorProto.FLOAT, [4], [1, 2, 3, 4])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(tmp_path / "gather.onnx"))
-    with pytest.raises(MaarError, match="Cast node .* non-float") as error:       # computed Gather indices
+    with pytest.raises(MaarError, match=r"Cast node .* non-float") as error:       # computed Gather indices
         load_onnx_graph(tmp_path / "gather.onnx")
     assert "\n" not in str(error.value)

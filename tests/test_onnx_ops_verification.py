@@ -10,7 +10,9 @@ Every counterexample reproduces in onnxruntime in the VNN-LIB order, and every `
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -45,7 +47,7 @@ class Nhwc(nn.Module):
         return self.inner(x.permute(0, 3, 1, 2))
 
 
-def tally_verdict(tally: dict, result, expected, onnx_path, prop) -> None:
+def tally_verdict(tally: dict, result, expected: Callable[[], str], onnx_path, prop) -> None:
     """Check one verdict: ``expected()`` (the exact reference, called only where needed) must not contradict
     it, and a counterexample must reproduce in onnxruntime in the VNN-LIB order."""
     assert result.verdict in ("sat", "unsat"), (result.verdict, result.message)
@@ -75,7 +77,7 @@ def nhwc_verdicts(tmp_path, cases: list[tuple[int, float]]) -> dict:
         (case,) = read_vnnlib_cases(prop)
         C, d = np.stack([c.coefficients for c in case.unsafe]), np.stack([c.bounds for c in case.unsafe])
         tally_verdict(tally, verify_instance(onnx_path, prop, options=BAB),
-                      lambda: milp_verdict(reference, case.input_lower, case.input_upper, C, d), onnx_path, prop)
+                      partial(milp_verdict, reference, case.input_lower, case.input_upper, C, d), onnx_path, prop)
     return tally
 
 
@@ -139,8 +141,8 @@ def test_leaky_relu_verdicts_agree_with_the_milp(tmp_path):
         onnx_path = export_onnx(model, tmp_path / f"net{seed}.onnx", (1, 5))
         chain = load_onnx_graph(export_onnx(model.as_chain(), tmp_path / f"chain{seed}.onnx", (1, 5)))
         prop = robustness_property(tmp_path / f"p{seed}.vnnlib", model, (1, 5), rng, eps)
-        tally_verdict(tally, verify_instance(onnx_path, prop, options=BAB),
-                      lambda: exact_verdict(chain, read_vnnlib_cases(prop, chain.num_inputs, chain.num_outputs)),
+        cases = read_vnnlib_cases(prop, chain.num_inputs, chain.num_outputs)
+        tally_verdict(tally, verify_instance(onnx_path, prop, options=BAB), partial(exact_verdict, chain, cases),
                       onnx_path, prop)
     assert tally["sat"] >= 1 and tally["unsat"] >= 1 and tally["branched"] >= 1, tally
 
@@ -179,6 +181,6 @@ def test_sigmoid_tanh_verdicts_equal_a_lipschitz_grid(tmp_path):
         offset = 0.02 if seed % 2 else -0.02          # row·y <= minimum + offset: reached iff offset > 0
         prop = write_vnnlib(tmp_path / f"p{seed}.vnnlib", lower, upper, 2,
                             [(row[None], np.array([minimum + offset]))])
-        tally_verdict(tally, verify_instance(onnx_path, prop, options=FAST), lambda: "unsat" if offset < 0 else "sat",
-                      onnx_path, prop)
+        expected = "unsat" if offset < 0 else "sat"
+        tally_verdict(tally, verify_instance(onnx_path, prop, options=FAST), partial(str, expected), onnx_path, prop)
     assert tally["sat"] == 3 and tally["unsat"] == 3, tally            # the sat ones are reached: all decided

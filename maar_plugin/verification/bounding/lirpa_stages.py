@@ -3,13 +3,16 @@
 auto_LiRPA (through :class:`~maar_plugin.bounds.lirpa.LirpaBounds`, the wrapper training uses too) bounds
 the LayerGraph itself, convolutions in patches mode, or in matrix mode where patches cannot pass a node
 before a convolution (:func:`patches_blocker`: a Transpose the converter could not fold away, a slice or
-concatenation of images along a spatial dimension). auto_LiRPA 0.3's alpha-CROWN fails on some graphs
-where a Sigmoid or Tanh output reaches a later node along two paths (a shape mismatch inside
-auto_LiRPA); the cascade then records that stage as failed and goes on from CROWN's bounds. Inputs are float64 boxes rounded outward to float32,
+concatenation of images along a spatial dimension). Inputs are float64 boxes rounded outward to float32,
 so the float32 box contains the property's, and enter the graph in its input layout
 (``LayerGraph.to_graph_layout``). Its bounds of every activation's input (ReLU, Sigmoid, Tanh), widened
 by a float32 safety pad, are the root bounds of branch and bound: the pad makes decisions about stable
 ReLUs robust to float32 rounding in auto_LiRPA.
+
+auto_LiRPA 0.3's alpha-CROWN fails on some graphs: where a ReLU's input has another reader (a LeakyRelu,
+see the converter) unless its slopes are stored densely (set here for such graphs), and where a Sigmoid
+or Tanh output reaches a later node along two paths (a shape mismatch inside auto_LiRPA). The cascade
+then records the stage as failed and goes on from CROWN's bounds.
 """
 from __future__ import annotations
 

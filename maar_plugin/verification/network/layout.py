@@ -29,7 +29,6 @@ from torch import nn
 
 from maar_plugin.verification.network.layers import S_SHAPED_MODULES, ElementwiseAffine, Reshape, Transpose
 
-
 _ORDER_KEEPING = (Reshape, ElementwiseAffine, nn.ReLU, *S_SHAPED_MODULES)   # elementwise, or a reshape
 
 
@@ -79,7 +78,7 @@ def _hoist_over_affine(nodes: list[LayoutNode], index: int, consumers: list[int]
         perm = transpose.module.perm
         scale, shift = affine.module.scale, affine.module.shift
         moved = ElementwiseAffine(scale.permute(perm), None if shift is None else shift.permute(perm))
-        affine.module, affine.inputs, affine.shape = transpose.module, list(affine.inputs), transpose.shape
+        affine.module, affine.shape = transpose.module, transpose.shape
         transpose.module, transpose.inputs = moved, [source]
         affine.name, transpose.name = f"{transpose.name}/moved", transpose.name
         index = source

@@ -278,7 +278,7 @@ class _Builder:
                 self.emit_selection(node, name, source, np.asarray(positions))
 
     def emit_selection(self, node: onnx.NodeProto, name: str, source: _Computed, positions: np.ndarray) -> None:
-        """The entries ``positions`` (flat indices into ``source``, in the output's ONNX shape) as the tensor ``name``."""
+        """The entries ``positions`` (flat indices into ``source``, in the output's ONNX shape) as tensor ``name``."""
         shape, flat = tuple(positions.shape), positions.reshape(-1)
         size, example = int(np.prod(source.shape)), _example_shape(tuple(positions.shape))
         if flat.size == 0:
@@ -290,7 +290,8 @@ class _Builder:
         if grid.size == flat.size and np.array_equal(grid.reshape(-1), flat):
             for dim, (extent, part) in enumerate(zip(source.example, block)):
                 if part.stop - part.start != extent:
-                    index = self.add_node(f"{name}/narrow{dim}", Narrow(dim, part.start, part.stop - part.start), [index])
+                    narrow = Narrow(dim, part.start, part.stop - part.start)
+                    index = self.add_node(f"{name}/narrow{dim}", narrow, [index])
         else:
             if flat.size * size > MAX_SELECTION_ENTRIES:
                 raise MaarError(f"{node.op_type} node {self.label(node)}: selecting {flat.size} of {size} entries "
