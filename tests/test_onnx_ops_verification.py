@@ -6,7 +6,8 @@ Every counterexample reproduces in onnxruntime in the VNN-LIB order, and every `
 - LeakyReLU networks (branch and bound splits them): the MILP of the same function as a chain of ReLU
   layers (leaky(z) = relu(z) − a·relu(−z));
 - Sigmoid/Tanh networks with two inputs: a grid search whose Lipschitz bound makes it exact at the
-  margins used (there every verdict must be the grid's).
+  margins used (there every verdict must be the grid's);
+- ReLU networks with a Sigmoid output (branch and bound splits the ReLUs only): the MILP of the ReLU part.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ import torch
 from torch import nn
 
 from helpers import FAST, check_counterexample
-from maar_plugin.testing.dense import AffineLayer, ReluNetwork, dense_network
-from maar_plugin.testing.milp import exact_verdict, milp_verdict
-from maar_plugin.testing.problems import export_onnx, robustness_property, write_vnnlib
+from maar_plugin.testing.dense import AffineLayer, ReluNetwork, dense_network, interval_preactivation_bounds
+from maar_plugin.testing.milp import exact_verdict, milp_verdict, solve_disjunct
+from maar_plugin.testing.problems import export_onnx, mlp, robustness_property, write_vnnlib
 from maar_plugin.verification import load_onnx_graph, verify_instance
 from maar_plugin.verification.options import BabOptions
 from maar_plugin.vnnlib.reader import read_vnnlib_cases
@@ -184,3 +185,26 @@ def test_sigmoid_tanh_verdicts_equal_a_lipschitz_grid(tmp_path):
         expected = "unsat" if offset < 0 else "sat"
         tally_verdict(tally, verify_instance(onnx_path, prop, options=FAST), partial(str, expected), onnx_path, prop)
     assert tally["sat"] == 3 and tally["unsat"] == 3, tally            # the sat ones are reached: all decided
+
+
+def test_relu_network_with_a_sigmoid_output_agrees_with_the_milp(tmp_path):
+    """Branch and bound splits the ReLUs and keeps the output Sigmoid's root relaxation. Its exact answer
+    comes from the MILP of the ReLU part: sigmoid(z) <= d exactly where z <= logit(d)."""
+    tally = {"sat": 0, "unsat": 0, "branched": 0}
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        relu_part = mlp(seed, (5, 16, 16, 1))
+        model = nn.Sequential(*relu_part, nn.Sigmoid()).eval()
+        onnx_path = export_onnx(model, tmp_path / f"net{seed}.onnx", (1, 5))
+        centre, eps = rng.uniform(0.2, 0.8, size=5), float(rng.uniform(0.3, 0.6))
+        lower, upper = centre - eps, centre + eps
+        network = dense_network(load_onnx_graph(export_onnx(relu_part, tmp_path / f"relu{seed}.onnx", (1, 5))))
+        bounds = interval_preactivation_bounds(network, lower, upper)
+        minimum = solve_disjunct(network, bounds, lower, upper, np.ones((1, 1)), np.zeros(1), 60,
+                                 required_margin=1e9, refute_tolerance=1e9).objective      # min of z over the box
+        offset = 0.01 if seed % 2 else -0.01
+        prop = write_vnnlib(tmp_path / f"p{seed}.vnnlib", lower, upper, 1,
+                            [(np.ones((1, 1)), np.array([1 / (1 + np.exp(-(minimum + offset)))]))])
+        expected = "unsat" if offset < 0 else "sat"
+        tally_verdict(tally, verify_instance(onnx_path, prop, options=BAB), partial(str, expected), onnx_path, prop)
+    assert tally["sat"] == 3 and tally["unsat"] == 3 and tally["branched"] >= 1, tally

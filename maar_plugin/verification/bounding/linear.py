@@ -158,8 +158,8 @@ class SplitBoundEngine:
         layer (dense: small networks)."""
         bounds: dict[int, tuple[Tensor, Tensor]] = {}
         batch = lower.shape[0]
-        for relu in sorted([*self.relus, *self.s_shaped]):
-            source = self.graph.nodes[relu].inputs[0]
+        for activation in sorted([*self.relus, *self.s_shaped]):
+            source = self.graph.nodes[activation].inputs[0]
             shape = self.graph.nodes[source].shape
             size = int(torch.Size(shape).numel())
             identity = torch.eye(size, dtype=self.dtype, device=self.device).reshape(size, 1, *shape)
@@ -168,7 +168,7 @@ class SplitBoundEngine:
                 result = self.bound(C, lower, upper, bounds, start=source)
             low = result.lower[:size].T.reshape(batch, *shape)
             up = -result.lower[size:].T.reshape(batch, *shape)
-            bounds[relu] = (low, torch.maximum(up, low))
+            bounds[activation] = (low, torch.maximum(up, low))
         return bounds
 
 
