@@ -119,7 +119,7 @@ class PaddedPoolOnSigned(nn.Module):
 
 
 @pytest.mark.parametrize("model, shape, message", [
-    (nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2)), (1, 3), "unsupported ONNX op Sigmoid"),
+    (nn.Sequential(nn.Linear(3, 4), nn.Softplus(), nn.Linear(4, 2)), (1, 3), "unsupported ONNX op Softplus"),
     (PaddedPoolOnSigned(), (1, 1, 6, 6), "non-negative input"),
     (nn.Sequential(nn.ZeroPad2d(1), nn.ReLU(), nn.Flatten()), (1, 1, 3, 3), "Pad"),
     (nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(1, 1, 2), nn.Flatten()), (1, 1, 4, 4), "asymmetric"),

@@ -92,7 +92,7 @@ def test_converted_network_matches_onnxruntime(tmp_path, model, shape):
         assert np.all(reference >= bounds - 1e-4), method
 
 
-@pytest.mark.parametrize("activation, name", [(nn.Sigmoid(), "Sigmoid"), (nn.Tanh(), "Tanh")])
+@pytest.mark.parametrize("activation, name", [(nn.Softplus(), "Softplus"), (nn.ELU(), "Elu")])
 def test_unsupported_op_is_named(tmp_path, activation, name):
     path = export(nn.Sequential(nn.Linear(3, 4), activation, nn.Linear(4, 2)), tmp_path / "net.onnx", (1, 3))
     with pytest.raises(MaarError, match=f"unsupported ONNX op {name}") as error:
@@ -126,17 +126,17 @@ def write_box_property(path: Path, inputs: int, outputs: int) -> Path:
 
 def test_bad_models_mark_error_and_the_batch_goes_on(tmp_path):
     good = export(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), tmp_path / "good.onnx", (1, 3))
-    sigmoid = export(nn.Sequential(nn.Linear(3, 4), nn.Sigmoid(), nn.Linear(4, 2)), tmp_path / "sig.onnx", (1, 3))
+    softplus = export(nn.Sequential(nn.Linear(3, 4), nn.Softplus(), nn.Linear(4, 2)), tmp_path / "soft.onnx", (1, 3))
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x08\x07this is not a protobuf" * 10)
     prop = write_box_property(tmp_path / "p.vnnlib", 3, 2)
     wrong_size = write_box_property(tmp_path / "q.vnnlib", 5, 2)
-    instances = [(garbage, prop, 5), (sigmoid, prop, 5), (good, wrong_size, 5), (good, prop, 5)]
+    instances = [(garbage, prop, 5), (softplus, prop, 5), (good, wrong_size, 5), (good, prop, 5)]
     results = verify_instances(instances, tmp_path / "out", options=FAST, progress=False)
     assert [r.verdict for r in results[:3]] == ["error"] * 3
     assert results[3].verdict in ("sat", "unsat")
     assert "garbage.onnx" in results[0].message and "\n" not in results[0].message
-    assert "Sigmoid" in results[1].message
+    assert "Softplus" in results[1].message
     assert "X_" in results[2].message or "input" in results[2].message
     assert (tmp_path / "out" / "results" / "garbage__p.txt").read_text() == "error\n"
     assert len(read_log(tmp_path / "out")) == 4

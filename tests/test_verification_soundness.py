@@ -293,7 +293,7 @@ def test_bound_stages_contain_sampled_values(method):
     samples[:16] = np.array(list(itertools.product(*zip(lower, upper))))  # the box's corners
     assert np.all((network.forward(samples) @ C.T).min(axis=0) >= spec_lower - 1e-5)
     activations = samples
-    for layer, (low, up) in zip(network.layers[:-1], pre_bounds):
+    for layer, (low, up) in zip(network.layers[:-1], pre_bounds.values()):
         z = activations @ layer.weight.T + layer.bias
         assert np.all(z >= low) and np.all(z <= up)
         activations = np.maximum(z, 0)

@@ -33,7 +33,7 @@ lirpa_compat.require()  # MaarError (one line) without a usable auto_LiRPA; patc
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm  # noqa: E402
-from auto_LiRPA.operators import BoundRelu  # noqa: E402
+from auto_LiRPA.operators import BoundRelu, BoundSigmoid, BoundTanh  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from maar_plugin.errors import MaarError  # noqa: E402
@@ -45,6 +45,7 @@ _INTERMEDIATE_KEYWORD = next(name for name in ("interm_bounds", "intermediate_la
                              if name in inspect.signature(BoundedModule.compute_bounds).parameters)
 
 IntermediateBounds = dict[str, list[Tensor]]
+ACTIVATION_NODES = (BoundRelu, BoundSigmoid, BoundTanh)   # whose input bounds the bound passes keep
 
 
 class LirpaBounds:
@@ -80,7 +81,7 @@ class LirpaBounds:
         self._buffer_nodes = [
             node for node in self.bounded._modules.values() if getattr(node, "ori_name", None) in model_buffers
         ]
-        self.relus = [node for node in self.bounded._modules.values() if isinstance(node, BoundRelu)]
+        self.activations = [node for node in self.bounded._modules.values() if isinstance(node, ACTIVATION_NODES)]
 
     def bounds(self, lower: Tensor, upper: Tensor, spec: Tensor | None, method: str, bound_upper: bool = True,
                intermediate: IntermediateBounds | None = None) -> tuple[Tensor, Tensor | None]:
@@ -118,17 +119,20 @@ class LirpaBounds:
         return ibp_lower, crown_ibp_lower
 
     def intermediate_bounds(self) -> IntermediateBounds:
-        """Every ReLU's input bounds from the last call, keyed by auto_LiRPA node name, to pass back later."""
-        return {relu.inputs[0].name: [relu.inputs[0].lower.detach().clone(), relu.inputs[0].upper.detach().clone()]
-                for relu in self.relus}
+        """Every activation's (ReLU, Sigmoid, Tanh) input bounds from the last call, keyed by auto_LiRPA node
+        name, to pass back later."""
+        return {node.inputs[0].name: [node.inputs[0].lower.detach().clone(), node.inputs[0].upper.detach().clone()]
+                for node in self.activations}
 
-    def relu_input_bounds(self) -> list[tuple[Tensor, Tensor]]:
-        """Per ReLU, in the graph's order, (lower, upper) of its input [B, *shape] from the last call."""
-        return [(relu.inputs[0].lower.detach(), relu.inputs[0].upper.detach()) for relu in self.relus]
+    def activation_input_bounds(self) -> list[tuple[Tensor, Tensor]]:
+        """Per activation, in the graph's order, (lower, upper) of its input [B, *shape] from the last call."""
+        return [(node.inputs[0].lower.detach(), node.inputs[0].upper.detach()) for node in self.activations]
 
-    def relu_shapes(self) -> list[tuple[int, ...]]:
-        """The per-example output shape of every ReLU auto_LiRPA sees, in the graph's order."""
-        return [tuple(relu.output_shape[1:]) for relu in self.relus]
+    def activation_kinds(self) -> list[tuple[str, tuple[int, ...]]]:
+        """(``relu``, ``sigmoid`` or ``tanh``, per-example output shape) of every activation auto_LiRPA sees,
+        in the graph's order."""
+        names = {BoundRelu: "relu", BoundSigmoid: "sigmoid", BoundTanh: "tanh"}
+        return [(names[type(node)], tuple(node.output_shape[1:])) for node in self.activations]
 
     def _forward_centre(self, lower: Tensor, upper: Tensor) -> tuple[BoundedTensor]:
         """The box as auto_LiRPA's input (centre + perturbation), after the forward pass bounds start from.

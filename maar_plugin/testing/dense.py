@@ -69,9 +69,11 @@ def dense_network(graph: LayerGraph) -> ReluNetwork:
     nodes = graph.nodes
     if any(node.inputs != (index - 1,) for index, node in enumerate(nodes[1:], start=1)):
         raise ValueError("the graph is not a chain of layers")
+    if len(graph.activation_indices()) != len(graph.relu_indices()):
+        raise ValueError("the graph has activations other than ReLU")
     exact = copy.deepcopy(graph).double()
     layers: list[AffineLayer] = []
-    value = _basis(nodes[0].shape)
+    value = exact.to_graph_layout(_basis((graph.num_inputs,)))      # columns in the ONNX input's order
     with torch.no_grad():
         for index in range(1, len(nodes)):
             module = exact.module_of(index)

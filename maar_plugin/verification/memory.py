@@ -5,8 +5,8 @@ model, its per-neuron state and CROWN's intermediate bounds), a quarter for the 
 and-bound pass, a quarter for the stored domains (or input boxes). :func:`memory_plan` estimates the
 bound stages' working memory on a LayerGraph before anything is bounded:
 
-auto_LiRPA's CROWN pass bounds each ReLU's input by a backward pass of linear coefficients from all
-of that ReLU's neurons at once. Through convolutions the coefficients are patches, one row of
+auto_LiRPA's CROWN pass bounds each activation's input by a backward pass of linear coefficients from all
+of that activation's neurons at once. Through convolutions the coefficients are patches, one row of
 ``channels × receptive field²`` values per neuron, the receptive field growing layer by layer
 backwards; after a Linear layer they are dense rows as wide as each layer. The largest
 ``neurons × widest row``, times a factor for the lower/upper copies and temporaries, is the full
@@ -85,13 +85,14 @@ class MemoryPlan:
         return self.fixed + self.final
 
 
-def memory_plan(graph: LayerGraph) -> MemoryPlan:
-    """The memory estimate of ``graph`` (see the module docstring)."""
+def memory_plan(graph: LayerGraph, patches: bool = True) -> MemoryPlan:
+    """The memory estimate of ``graph`` (see the module docstring); without ``patches`` (auto_LiRPA's
+    matrix mode) every coefficient row is dense."""
     parameters = sum(p.numel() for p in graph.parameters()) + sum(b.numel() for b in graph.buffers())
     neurons = sum(_size(node.shape) for node in graph.nodes)
-    intermediate = max((_size(graph.nodes[relu].shape) * _widest_row(graph, graph.nodes[relu].inputs[0])
-                        for relu in graph.relu_indices()), default=0)
-    final = SPEC_ROWS * _widest_row(graph, len(graph.nodes) - 1)
+    intermediate = max((_size(graph.nodes[relu].shape) * _widest_row(graph, graph.nodes[relu].inputs[0], patches)
+                        for relu in graph.activation_indices()), default=0)
+    final = SPEC_ROWS * _widest_row(graph, len(graph.nodes) - 1, patches)
     return MemoryPlan(float(BYTES_PER_VALUE * (parameters + VALUES_PER_NEURON * neurons)),
                       float(BYTES_PER_VALUE * COPIES * intermediate), float(BYTES_PER_VALUE * COPIES * final))
 
@@ -104,10 +105,11 @@ def _pair(value) -> tuple[int, int]:
     return value if isinstance(value, tuple) else (value, value)
 
 
-def _widest_row(graph: LayerGraph, start: int) -> int:
+def _widest_row(graph: LayerGraph, start: int, patches: bool) -> int:
     """The widest coefficient row of a backward pass from one neuron of node ``start`` to the input."""
     widest = 0
-    stack: list[tuple[int, int, int | None]] = [(start, 1, None)]  # (node, receptive field, dense width past a Linear)
+    # (node, receptive field, dense width: once past a Linear, or from the start in matrix mode)
+    stack: list[tuple[int, int, int | None]] = [(start, 1, None if patches else _size(graph.nodes[start].shape))]
     seen: set[tuple[int, int, int | None]] = set()
     while stack:
         state = stack.pop()

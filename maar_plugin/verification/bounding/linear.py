@@ -12,6 +12,12 @@ pair is bounded independently, all in one batched pass; the pass also gives the 
 minimises the final linear bound (a counterexample candidate) and, per ReLU, the coefficients the
 branching heuristic scores.
 
+Sigmoid and Tanh nodes are relaxed by CROWN's tangent and chord lines over their input bounds
+(:mod:`maar_plugin.bounds.activations`; their bounds are passed with the ReLUs'), never split: on a network
+with them a domain with every ReLU split is not affine, and branch and bound leaves it undecided.
+Concat, Narrow and the other affine modules are carried through exactly; the input coefficients leave
+the pass in the ONNX input's order (``LayerGraph.to_input_order``), as the boxes are given.
+
 Why our own pass instead of auto_LiRPA's β-CROWN: auto_LiRPA's split constraints are private state
 (``sparse_beta``/``sparse_beta_loc`` in 0.3, ``SparseBeta`` objects in 0.7) with no API common to both
 versions; this pass needs only the layer graph. The bound stages before branch and bound (IBP,
@@ -25,9 +31,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from maar_plugin.bounds.activations import s_shaped_relaxation
 from maar_plugin.bounds.layers import conv2d_backward, relu_relaxation
 from maar_plugin.errors import MaarError
-from maar_plugin.verification.network.layers import AFFINE_MODULES, Add, LayerGraph, Sub
+from maar_plugin.verification.network.layers import AFFINE_MODULES, S_SHAPED_MODULES, Add, Concat, LayerGraph, Sub
+
+_S_SHAPED_KINDS = {nn.Sigmoid: "sigmoid", nn.Tanh: "tanh"}
 
 
 @dataclass
@@ -55,16 +64,19 @@ class SplitBoundEngine:
     def __init__(self, graph: LayerGraph, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         for index in range(1, len(graph.nodes)):
             module = graph.module_of(index)
-            if not isinstance(module, (*AFFINE_MODULES, nn.ReLU)):
+            if not isinstance(module, (*AFFINE_MODULES, *S_SHAPED_MODULES, nn.ReLU)):
                 raise MaarError(f"branch and bound does not support {type(module).__name__} (node "
                                 f"{graph.nodes[index].name})")
         self.graph = _copy_to(graph, dtype, device)
         self.dtype, self.device = dtype, torch.device(device)
         self.relus = self.graph.relu_indices()
         self.relu_inputs = {index: self.graph.nodes[index].inputs[0] for index in self.relus}
+        self.s_shaped = {index: _S_SHAPED_KINDS[type(self.graph.module_of(index))]
+                         for index in self.graph.activation_indices() if index not in self.relus}
         with torch.no_grad():
             self.constants = {index: self._constant_part(index) for index in range(1, len(self.graph.nodes))
-                              if index not in self.relus and len(self.graph.nodes[index].inputs) == 1}
+                              if index not in self.relus and index not in self.s_shaped
+                              and len(self.graph.nodes[index].inputs) == 1}
 
     def _constant_part(self, index: int) -> Tensor:
         """The node's output for a zero input: its affine map's constant, [1, *shape]."""
@@ -83,7 +95,8 @@ class SplitBoundEngine:
         """Lower bounds of ``C @ node(start)`` (default: the output) for every row and domain.
 
         ``C`` [R, B, *start_shape]; ``lower``/``upper`` [B, n] input boxes; ``relu_bounds`` maps each
-        ReLU node to (l, u) [B, *shape] of its input, split neurons already clamped at 0. ``alphas``
+        ReLU node to (l, u) [B, *shape] of its input, split neurons already clamped at 0, and each Sigmoid
+        or Tanh node to its input bounds ([B or 1, *shape]). ``alphas``
         (lower-relaxation slopes) and ``betas`` (≥ 0) are [R, B, *shape] per ReLU; ``split_signs``
         [B, *shape] per ReLU: +1 active split, −1 inactive split, 0 none. Without ``alphas`` the slope
         is CROWN's (:func:`~maar_plugin.bounds.layers.adaptive_lower_slope`). Nodes after ``start`` are ignored.
@@ -112,17 +125,28 @@ class SplitBoundEngine:
                 magnitude = magnitude + bias.abs()
                 _accumulate(coefficients, node.inputs[0], A_in)
                 continue
+            if index in self.s_shaped:
+                A_in, bias = s_shaped_relaxation(self.s_shaped[index], *relu_bounds[index]).backward(A)
+                constant = constant + bias
+                magnitude = magnitude + bias.abs()
+                _accumulate(coefficients, node.inputs[0], A_in)
+                continue
             module = self.graph.module_of(index)
             if isinstance(module, (Add, Sub)):
                 _accumulate(coefficients, node.inputs[0], A)
                 _accumulate(coefficients, node.inputs[1], A if isinstance(module, Add) else -A)
+                continue
+            if isinstance(module, Concat):
+                sizes = [nodes[source].shape[module.dim] for source in node.inputs]
+                for source, part in zip(node.inputs, A.split(sizes, dim=module.dim + 2)):
+                    _accumulate(coefficients, source, part)
                 continue
             term = (A * self.constants[index]).flatten(2).sum(-1)
             constant = constant + term
             magnitude = magnitude + (A * self.constants[index]).abs().flatten(2).sum(-1)
             source_shape = nodes[node.inputs[0]].shape
             _accumulate(coefficients, node.inputs[0], _transpose(module, A, source_shape))
-        A_x = coefficients.pop(0).reshape(rows, batch, -1)
+        A_x = self.graph.to_input_order(coefficients.pop(0).reshape(rows, batch, -1))
         centre, radius = (upper + lower) / 2, (upper - lower) / 2
         centre, radius = centre.to(self.dtype), radius.to(self.dtype)
         value = (A_x * centre).sum(-1) - (A_x.abs() * radius).sum(-1)
@@ -131,11 +155,12 @@ class SplitBoundEngine:
         return SplitBound(value + constant, primal, relu_coefficients, magnitude, A_x)
 
     def intermediate_bounds(self, lower: Tensor, upper: Tensor) -> dict[int, tuple[Tensor, Tensor]]:
-        """CROWN bounds of every ReLU's input over the boxes [B, n], layer by layer (dense: small networks)."""
+        """CROWN bounds of every activation's (ReLU, Sigmoid, Tanh) input over the boxes [B, n], layer by
+        layer (dense: small networks)."""
         bounds: dict[int, tuple[Tensor, Tensor]] = {}
         batch = lower.shape[0]
-        for relu in self.relus:
-            source = self.relu_inputs[relu]
+        for activation in sorted([*self.relus, *self.s_shaped]):
+            source = self.graph.nodes[activation].inputs[0]
             shape = self.graph.nodes[source].shape
             size = int(torch.Size(shape).numel())
             identity = torch.eye(size, dtype=self.dtype, device=self.device).reshape(size, 1, *shape)
@@ -144,7 +169,7 @@ class SplitBoundEngine:
                 result = self.bound(C, lower, upper, bounds, start=source)
             low = result.lower[:size].T.reshape(batch, *shape)
             up = -result.lower[size:].T.reshape(batch, *shape)
-            bounds[relu] = (low, torch.maximum(up, low))
+            bounds[activation] = (low, torch.maximum(up, low))
         return bounds
 
 

@@ -9,11 +9,19 @@ branch-and-bound bound engine, so every stage sees one network.
 Modules a node may hold (the converter emits nothing else):
 
 - affine in one input: ``nn.Linear``, ``nn.Conv2d`` (BatchNorm, constant shifts and zero Pad folded
-  in), ``nn.AvgPool2d``, :class:`Reshape`, :class:`Transpose`, :class:`ElementwiseAffine`;
-- affine in two inputs: :class:`Add`, :class:`Sub` (residual connections);
-- piecewise linear: ``nn.ReLU`` only. A MaxPool is rewritten exactly into one-hot convolutions and
-  ``max(a, b) = a + relu(b − a)`` (see :mod:`maar_plugin.verification.network.onnx_import`), so every bound
-  method and the branch-and-bound split only ReLUs.
+  in), ``nn.AvgPool2d``, :class:`Reshape`, :class:`Transpose`, :class:`Narrow`, :class:`ElementwiseAffine`;
+- affine in several inputs: :class:`Add`, :class:`Sub` (residual connections), :class:`Concat`;
+- piecewise linear: ``nn.ReLU``. A MaxPool is rewritten exactly into one-hot convolutions and
+  ``max(a, b) = a + relu(b − a)``, a LeakyReLU of slope a into ``a·z + (1 − a)·relu(z)`` (see
+  :mod:`maar_plugin.verification.network.onnx_import`), so every bound method and the branch and bound
+  split only ReLUs;
+- S-shaped: ``nn.Sigmoid``, ``nn.Tanh`` (:data:`S_SHAPED_MODULES`): bounded by linear relaxations over
+  their input bounds, never split.
+
+The graph's input may be a permutation of the ONNX input (a leading Transpose, e.g. NHWC → NCHW,
+absorbed by the converter): node 0 then holds the input in the graph's layout, and ``input_order``
+says where each of its elements sits in the ONNX input. Flat inputs (``[batch, num_inputs]``) are always
+in the ONNX input's C order, VNN-LIB's numbering of ``X_i``; only shaped inputs are in the graph's layout.
 """
 from __future__ import annotations
 
@@ -48,6 +56,29 @@ class Transpose(nn.Module):
         return x.permute(0, *[p + 1 for p in self.perm])
 
 
+class Narrow(nn.Module):
+    """``length`` entries from ``start`` along one dimension of the example (a Slice, Split or Gather of a
+    contiguous range)."""
+
+    def __init__(self, dim: int, start: int, length: int) -> None:
+        super().__init__()
+        self.dim, self.start, self.length = int(dim), int(start), int(length)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.narrow(self.dim + 1, self.start, self.length)
+
+
+class Concat(nn.Module):
+    """Concatenation of computed tensors along one dimension of the example."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = int(dim)
+
+    def forward(self, *tensors: Tensor) -> Tensor:
+        return torch.cat(tensors, dim=self.dim + 1)
+
+
 class ElementwiseAffine(nn.Module):
     """``x * scale (+ shift)`` with constants of the example's shape (Add/Sub/Mul/Div/Neg by constants, a
     BatchNormalization). The converter folds the shift into a neighbouring Linear or Conv2d wherever it
@@ -80,7 +111,8 @@ class Sub(nn.Module):
         return a - b
 
 
-AFFINE_MODULES = (nn.Linear, nn.Conv2d, nn.AvgPool2d, Reshape, Transpose, ElementwiseAffine, Add, Sub)
+AFFINE_MODULES = (nn.Linear, nn.Conv2d, nn.AvgPool2d, Reshape, Transpose, Narrow, ElementwiseAffine, Add, Sub, Concat)
+S_SHAPED_MODULES = (nn.Sigmoid, nn.Tanh)
 
 
 @dataclass(frozen=True)
@@ -100,10 +132,13 @@ class LayerGraph(nn.Module):
     """The network ``f``: flat per-example outputs ``[batch, num_outputs]`` from inputs ``[batch, *example_shape]``.
 
     ``input_shape`` is the ONNX input's shape (batch dimension included, as VNN-LIB's ``X_i`` number it
-    in C order); ``example_shape`` drops the leading batch dimension of 1.
+    in C order); ``example_shape`` is node 0's shape, the input in the graph's layout. ``input_order``
+    (None: the same order) maps the layouts: element ``i`` of the flattened graph input is element
+    ``input_order[i]`` of the flattened ONNX input.
     """
 
-    def __init__(self, nodes: list[GraphNode], layers: list[nn.Module], input_shape: tuple[int, ...]) -> None:
+    def __init__(self, nodes: list[GraphNode], layers: list[nn.Module], input_shape: tuple[int, ...],
+                 input_order: Tensor | None = None) -> None:
         super().__init__()
         if not nodes or nodes[0].inputs or nodes[0].module is not None:
             raise ValueError("node 0 must be the input node")
@@ -114,6 +149,11 @@ class LayerGraph(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.example_shape = nodes[0].shape
+        if input_order is not None:
+            input_order = torch.as_tensor(input_order, dtype=torch.long)
+            if sorted(input_order.tolist()) != list(range(self.num_inputs)) or len(self.example_shape) < 2:
+                raise ValueError("input_order must permute the entries of an input of rank 2 or more")
+        self.register_buffer("input_order", input_order)
 
     @property
     def num_inputs(self) -> int:
@@ -145,6 +185,10 @@ class LayerGraph(nn.Module):
                 total += math.prod(self.nodes[index].shape)
         return total
 
+    def activation_indices(self) -> list[int]:
+        """Indices of the nodes whose input bounds a linear bound pass needs (ReLU and S-shaped), in order."""
+        return [i for i in range(1, len(self.nodes)) if isinstance(self.module_of(i), (nn.ReLU, *S_SHAPED_MODULES))]
+
     def node_values(self, x: Tensor) -> list[Tensor]:
         """The value of every node for inputs ``x`` [batch, *example_shape]."""
         values: list[Tensor] = [x]
@@ -152,12 +196,27 @@ class LayerGraph(nn.Module):
             values.append(self.module_of(index)(*[values[i] for i in node.inputs]))
         return values
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Outputs [batch, num_outputs] of inputs [batch, *example_shape] or flat [batch, num_inputs].
+    def to_graph_layout(self, flat: Tensor) -> Tensor:
+        """Flat inputs [batch, num_inputs] in the ONNX input's order as inputs [batch, *example_shape]."""
+        flat = flat.reshape(-1, self.num_inputs)
+        if self.input_order is not None:
+            flat = flat[:, self.input_order]
+        return flat.reshape(-1, *self.example_shape)
 
-        The rank is checked in Python, so a trace (auto_LiRPA) of shaped inputs holds no reshape of the
-        input, which auto_LiRPA 0.3 cannot bound in patches mode."""
+    def to_input_order(self, values: Tensor) -> Tensor:
+        """Values [..., num_inputs] indexed by the flattened graph input, re-indexed in the ONNX input's order
+        (e.g. a linear bound's coefficients on the input)."""
+        if self.input_order is None:
+            return values
+        return values.index_select(-1, torch.argsort(self.input_order))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Outputs [batch, num_outputs] of inputs [batch, *example_shape] (the graph's layout) or flat
+        [batch, num_inputs] (the ONNX input's order).
+
+        The rank is checked in Python, so a trace (auto_LiRPA) of shaped inputs holds no reshape or
+        permutation of the input, which auto_LiRPA 0.3 cannot bound in patches mode."""
         if x.dim() != len(self.example_shape) + 1:
-            x = x.reshape(-1, *self.example_shape)
+            x = self.to_graph_layout(x)
         output = self.node_values(x)[-1]
         return output if output.dim() == 2 else output.reshape(-1, self.num_outputs)

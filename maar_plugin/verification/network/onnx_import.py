@@ -13,7 +13,18 @@ The graph is shaped so that auto_LiRPA 0.3 can trace it and every bound method s
   and a padded AveragePool becomes a diagonal convolution (0.3's CROWN bound of it ignores the padding);
 - a MaxPool is rewritten exactly: one one-hot (diagonal) convolution per kernel offset, then a
   balanced tree of ``max(a, b) = a + relu(b − a)``. Its padding (−∞ in ONNX) is exact as zero padding
-  only on a non-negative input, so a padded MaxPool is accepted only after a ReLU.
+  only on a non-negative input, so a padded MaxPool is accepted only after a ReLU or Sigmoid;
+- a LeakyRelu of slope a becomes ``a·z + (1 − a)·relu(z)``: every bound method then relaxes it as a
+  ReLU with slope a (chord above, a line of slope between a and 1 below), and branch and bound splits it;
+- Sigmoid and Tanh stay ``nn.Sigmoid``/``nn.Tanh``: auto_LiRPA bounds them, and branch and bound keeps
+  their relaxation (:mod:`maar_plugin.bounds.activations`) over the root bounds;
+- Slice, Split and Gather with constant indices select entries of a computed tensor: a contiguous block
+  becomes :class:`Narrow` modules (auto_LiRPA's patches mode carries them along channels only), any
+  other selection a one-hot ``nn.Linear`` on the flattened tensor (up to ``MAX_SELECTION_ENTRIES``
+  weights). Which entries each output takes is found by running the op itself on the entries' indices;
+- Concat of computed tensors becomes :class:`Concat`;
+- Transposes are folded into the network input and into neighbouring Linear layers where that is
+  exact (:mod:`~maar_plugin.verification.network.layout`); the others stay :class:`Transpose` modules.
 
 Anything else is a one-line :class:`MaarError` naming the op, raised before any bound is computed.
 Why not onnx2torch: its fx ``GraphModule`` keeps ops (Pad, MaxPool, ``x + constant``) that auto_LiRPA
@@ -34,19 +45,24 @@ from torch import Tensor, nn
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.network.layers import (
     Add,
+    Concat,
     ElementwiseAffine,
     GraphNode,
     LayerGraph,
+    Narrow,
     Reshape,
     Sub,
     Transpose,
 )
+from maar_plugin.verification.network.layout import fold_transposes
 
 MAX_DIAGONAL_LINEAR = 4096
+MAX_SELECTION_ENTRIES = 1 << 24   # weights of the one-hot Linear that stands for a Gather or strided Slice
 _PASS_THROUGH = {"Identity", "Dropout"}
+_MULTI_INPUT = {"Add", "Sub", "Concat"}
 _SUPPORTED = ("Gemm, MatMul, Conv, BatchNormalization, Pad, AveragePool, GlobalAveragePool, MaxPool, Flatten, "
-              "Reshape, Transpose, Squeeze, Unsqueeze, Add/Sub/Mul/Div/Neg by constants, Add/Sub of two computed "
-              "tensors, Relu")
+              "Reshape, Transpose, Squeeze, Unsqueeze, Slice, Split, Gather (constant indices), Concat, "
+              "Add/Sub/Mul/Div/Neg by constants, Add/Sub of two computed tensors, Relu, LeakyRelu, Sigmoid, Tanh")
 
 
 def load_onnx_graph(path: str | Path) -> LayerGraph:
@@ -150,7 +166,7 @@ class _Builder:
             return
         if handler is None:
             raise MaarError(f"unsupported ONNX op {op} (node {self.label(node)}); supported: {_SUPPORTED}")
-        if len(computed) > 1 and op not in ("Add", "Sub"):
+        if len(computed) > 1 and op not in _MULTI_INPUT:
             raise MaarError(f"{op} node {self.label(node)} combines two computed tensors (not affine)")
         handler(node, computed, _attributes(node))
 
@@ -206,6 +222,97 @@ class _Builder:
     # -- ops ----------------------------------------------------------------------------------------------
     def op_Relu(self, node, computed, attributes) -> None:
         self.emit(node, nn.ReLU(), self.tensor(computed[0]), nonnegative=True)
+
+    def op_Sigmoid(self, node, computed, attributes) -> None:
+        self.emit(node, nn.Sigmoid(), self.tensor(computed[0]), nonnegative=True)
+
+    def op_Tanh(self, node, computed, attributes) -> None:
+        self.emit(node, nn.Tanh(), self.tensor(computed[0]))
+
+    def op_LeakyRelu(self, node, computed, attributes) -> None:
+        """``a·z + (1 − a)·relu(z)``, exact for every slope a (see the module docstring)."""
+        source = self.tensor(computed[0])
+        slope = float(attributes.get("alpha", 0.01))
+        name = node.output[0]
+        relu = self.add_node(name if slope == 0 else f"{name}/relu", nn.ReLU(), [source.node])
+        if slope != 0:
+            example = self.nodes[source.node].shape
+            linear = self.add_node(f"{name}/linear", ElementwiseAffine(torch.full(example, slope)), [source.node])
+            rest = self.add_node(f"{name}/rest", ElementwiseAffine(torch.full(example, 1.0 - slope)), [relu])
+            relu = self.add_node(name, Add(), [linear, rest])
+        self.computed[name] = _Computed(relu, source.shape, nonnegative=slope == 0)
+
+    def op_Concat(self, node, computed, attributes) -> None:
+        if len(computed) != len([name for name in node.input if name]):
+            raise MaarError(f"Concat node {self.label(node)} joins a constant to a computed tensor (not supported)")
+        sources = [self.tensor(name) for name in node.input if name]
+        rank = len(sources[0].shape)
+        axis = int(attributes["axis"]) % rank
+        batch = {len(source.shape) - len(source.example) for source in sources}
+        if len(batch) != 1 or any(len(source.shape) != rank for source in sources) or axis < min(batch):
+            raise MaarError(f"Concat node {self.label(node)}: only tensors of one rank, joined along a dimension "
+                            "other than the batch, are supported")
+        index = self.add_node(node.output[0], Concat(axis - min(batch)), [source.node for source in sources])
+        shape = list(sources[0].shape)
+        shape[axis] = sum(source.shape[axis] for source in sources)
+        self.computed[node.output[0]] = _Computed(index, tuple(shape),
+                                                  nonnegative=all(source.nonnegative for source in sources))
+
+    def op_Slice(self, node, computed, attributes) -> None:
+        self.select(node, computed)
+
+    def op_Split(self, node, computed, attributes) -> None:
+        self.select(node, computed)
+
+    def op_Gather(self, node, computed, attributes) -> None:
+        self.select(node, computed)
+
+    def select(self, node: onnx.NodeProto, computed: list[str]) -> None:
+        """Slice, Split, Gather: the op run on the computed tensor's entry indices says which entries each
+        output takes; each output becomes a Reshape, Narrows or a one-hot Linear (module docstring)."""
+        if node.input[0] != computed[0]:
+            raise MaarError(f"{node.op_type} node {self.label(node)}: its indices must be constants")
+        source = self.tensor(computed[0])
+        feeds = {name: self.constants[name] for name in node.input[1:] if name}
+        feeds[node.input[0]] = np.arange(int(np.prod(source.shape)), dtype=np.int64).reshape(source.shape)
+        try:
+            outputs = onnx.reference.ReferenceEvaluator(node).run(None, feeds)
+        except Exception as error:  # the reference evaluator's errors vary by op
+            raise MaarError(f"cannot evaluate {node.op_type} node {self.label(node)} "
+                            f"({type(error).__name__}: {error})") from None
+        for name, positions in zip(node.output, outputs):
+            if name:
+                self.emit_selection(node, name, source, np.asarray(positions))
+
+    def emit_selection(self, node: onnx.NodeProto, name: str, source: _Computed, positions: np.ndarray) -> None:
+        """The entries ``positions`` (flat indices into ``source``, in the output's ONNX shape) as tensor ``name``."""
+        shape, flat = tuple(positions.shape), positions.reshape(-1)
+        size, example = int(np.prod(source.shape)), _example_shape(tuple(positions.shape))
+        if flat.size == 0:
+            raise MaarError(f"{node.op_type} node {self.label(node)}: output {name!r} is empty")
+        coordinates = np.unravel_index(flat, source.example)
+        block = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coordinates)
+        grid = np.arange(size).reshape(source.example)[block]
+        index = source.node
+        if grid.size == flat.size and np.array_equal(grid.reshape(-1), flat):
+            for dim, (extent, part) in enumerate(zip(source.example, block)):
+                if part.stop - part.start != extent:
+                    narrow = Narrow(dim, part.start, part.stop - part.start)
+                    index = self.add_node(f"{name}/narrow{dim}", narrow, [index])
+        else:
+            if flat.size * size > MAX_SELECTION_ENTRIES:
+                raise MaarError(f"{node.op_type} node {self.label(node)}: selecting {flat.size} of {size} entries "
+                                f"needs a {flat.size}×{size} one-hot matrix, over {MAX_SELECTION_ENTRIES} entries")
+            if len(source.example) != 1:
+                index = self.add_node(f"{name}/flat", Reshape((size,)), [index])
+            one_hot = np.zeros((flat.size, size))
+            one_hot[np.arange(flat.size), flat] = 1.0
+            index = self.add_node(f"{name}/select", _linear(one_hot, np.zeros(flat.size)), [index])
+        if self.nodes[index].shape != example:
+            index = self.add_node(f"{name}/reshape", Reshape(example), [index])
+        if index != source.node:
+            self.nodes[index].name = name
+        self.computed[name] = _Computed(index, shape, nonnegative=source.nonnegative)
 
     def op_Shape(self, node, computed, attributes) -> None:
         shape = np.array(self.tensor(computed[0], allow_pads=True).shape, dtype=np.int64)
@@ -528,6 +635,7 @@ class _Builder:
 
     # -- the LayerGraph -----------------------------------------------------------------------------------
     def assemble(self, output: int, input_shape: tuple[int, ...]) -> LayerGraph:
+        input_order = fold_transposes(self.nodes, self.consumers(output))
         consumers = self.consumers(output)
         alias = list(range(len(self.nodes)))
         for index, node in enumerate(self.nodes):
@@ -545,7 +653,8 @@ class _Builder:
                 layers.append(node.module)
                 module_index = len(layers) - 1
             nodes.append(GraphNode(node.name, tuple(renumber[i] for i in node.inputs), node.shape, module_index))
-        graph = LayerGraph(nodes, layers, input_shape).eval()
+        graph = LayerGraph(nodes, layers, input_shape,
+                           None if input_order is None else torch.as_tensor(input_order)).eval()
         graph.requires_grad_(False)
         return graph
 

@@ -197,9 +197,9 @@ class Cascade:
         offsets = np.stack([padded(case.prop.unsafe[j].bounds) for j in open_disjuncts])
         thresholds = np.stack([np.full(rows, self.tolerance(j, case)) for j in open_disjuncts])
         graph = self.model.graph
-        relu_bounds = {relu: (torch.as_tensor(low, dtype=torch.float32).reshape(graph.nodes[relu].shape),
-                              torch.as_tensor(high, dtype=torch.float32).reshape(graph.nodes[relu].shape))
-                       for relu, (low, high) in zip(graph.relu_indices(), self.preactivation(case))}
+        relu_bounds = {index: tuple(torch.as_tensor(bound, dtype=torch.float32).reshape(graph.nodes[index].shape)
+                                    for bound in pair)
+                       for index, pair in self.preactivation(case).items()}
         problem = BabProblem(torch.as_tensor(C, dtype=torch.float32), torch.as_tensor(offsets, dtype=torch.float32),
                              torch.as_tensor(thresholds, dtype=torch.float32),
                              torch.as_tensor(outward(case.prop.input_lower, -1)),
@@ -242,7 +242,8 @@ class Cascade:
         return self.options.tolerance * (1 + float(np.max(np.abs(bounds), initial=0.0)))
 
     def unstable_relus(self) -> int | None:
-        counts = [count_unstable(case.preactivation) for case in self.cases if case.preactivation is not None]
+        relus = self.model.graph.relu_indices()
+        counts = [count_unstable(case.preactivation, relus) for case in self.cases if case.preactivation is not None]
         return sum(counts) if counts else None
 
 

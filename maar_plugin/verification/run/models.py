@@ -7,7 +7,7 @@ from pathlib import Path
 from maar_plugin.devices import resolve_device
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.bounding.linear import SplitBoundEngine
-from maar_plugin.verification.bounding.lirpa_stages import LirpaBoundStages
+from maar_plugin.verification.bounding.lirpa_stages import LirpaBoundStages, patches_blocker
 from maar_plugin.verification.memory import MemoryBudget, memory_plan
 from maar_plugin.verification.network.layers import LayerGraph
 from maar_plugin.verification.network.onnx_import import load_onnx_graph
@@ -60,7 +60,7 @@ class ModelCache:
 def load_model(graph: LayerGraph, options: VerifyOptions, name: str, runtime: ReferenceModel) -> LoadedModel:
     """The graph ready for the cascade, or a one-line MaarError when it cannot fit the memory limit."""
     device = str(resolve_device(options.device))
-    plan, memory = memory_plan(graph), MemoryBudget(options.memory_bytes)
+    plan, memory = memory_plan(graph, patches=patches_blocker(graph) is None), MemoryBudget(options.memory_bytes)
     memory.check(plan, name)
     stages = LirpaBoundStages(graph, device, options.alpha_iterations, options.alpha_lr,
                               plan.full_crown(memory.bound_stages))

@@ -13,6 +13,10 @@ the box and is decided exactly by one LP (:mod:`~maar_plugin.verification.search
 refuted, else its LP minimiser goes to ``confirm``. The property holds when no domain is left; a
 confirmed point ends the search.
 
+Sigmoid and Tanh nodes are not split: every domain keeps their relaxation over the root bounds, which
+is sound but not complete, so where a domain with every unstable ReLU split is still open the search
+ends ``unknown``.
+
 Domains are tensors, not objects: per domain its disjunct, its split signs, α and β on the root's
 unstable ReLUs only (a stable ReLU has no slope to choose and is never split), its bound and its next
 branching choice; α and β in half precision. Memory per domain is about ``U·(1 + 4R)`` bytes for U
@@ -47,7 +51,8 @@ class BabProblem:
 
     ``C`` [D, R, K] rows per disjunct (padded by repeating a row), ``offsets`` [D, R] (``d``),
     ``thresholds`` [D, R] (the margin a row's bound must clear), ``lower``/``upper`` [n] the box,
-    ``relu_bounds`` per ReLU node (l, u) of its input [*shape] over the box (sound, e.g. auto_LiRPA's).
+    ``relu_bounds`` per ReLU node (l, u) of its input [*shape] over the box (sound, e.g. auto_LiRPA's), and
+    the same for every Sigmoid and Tanh node (their relaxation stays the root's: they are not split).
     """
 
     C: Tensor
@@ -141,6 +146,8 @@ class BranchAndBound:
             self.slices[relu] = slice(start, start + index.numel())
             start += index.numel()
         self.num_unstable = start
+        self.s_shaped_bounds = {index: tuple(t.to(dtype=dtype, device=device)[None] for t in problem.relu_bounds[index])
+                                for index in engine.s_shaped}
         flat_l = torch.cat([self.root[r][0].reshape(-1)[self.unstable[r]] for r in engine.relus]) if start else None
         flat_u = torch.cat([self.root[r][1].reshape(-1)[self.unstable[r]] for r in engine.relus]) if start else None
         self.unstable_lower, self.unstable_upper = flat_l, flat_u
@@ -198,6 +205,9 @@ class BranchAndBound:
         """Decide domains with every unstable ReLU split by one exact LP each (:mod:`.pattern_lp`): refuted ones
         are dropped, the LP's deepest violation of another is confirmed. Returns a confirmed counterexample
         (at the first) and why a domain stays undecided (empty when every domain was refuted)."""
+        if self.engine.s_shaped:
+            return None, ("the Sigmoid/Tanh activations keep their relaxation over the root bounds (they are not "
+                          "split), and it leaves a domain open with every unstable ReLU split")
         if self.exact is None:
             self.exact = FixedPatternLP(self.engine.graph, self.root, self.lower, self.upper, self.engine.device)
         _, split_signs = self._relu_bounds(exhausted.signs)
@@ -270,7 +280,7 @@ class BranchAndBound:
                 up[:, index] = torch.where(local < 0, torch.zeros_like(up[:, index]), up[:, index])
             bounds[relu] = (low.reshape(batch, *l.shape), up.reshape(batch, *l.shape))
             dense_signs[relu] = sign.reshape(batch, *l.shape)
-        return bounds, dense_signs
+        return {**bounds, **self.s_shaped_bounds}, dense_signs
 
     def _bound(self, domains: _Domains, iterations: int, deadline: float) -> tuple[_Domains, Tensor | None]:
         """Optimise and bound the domains (fewer steps where the deadline passes: every step's bound is
