@@ -83,7 +83,7 @@ def nhwc_verdicts(tmp_path, cases: list[tuple[int, float]]) -> dict:
 
 
 def test_nhwc_verdicts_agree_with_the_milp_of_the_nchw_network(tmp_path):
-    tally = nhwc_verdicts(tmp_path, [(3, 0.25), (6, 0.15)])
+    tally = nhwc_verdicts(tmp_path, [(3, 0.3), (6, 0.15)])
     assert tally == {"sat": 1, "unsat": 1, "branched": 1}, tally
 
 
