@@ -45,7 +45,7 @@ class LirpaBoundStages:
         self.model = graph.to(self.device)
         self.full_crown = full_crown
         example = torch.zeros(1, *graph.example_shape, device=self.device)
-        options = {"sparse_features_alpha": False}
+        options: dict[str, object] = {"sparse_features_alpha": False}
         if patches_blocker(graph) is not None:
             options["conv_mode"] = "matrix"
         if _shared_relu_input(graph):

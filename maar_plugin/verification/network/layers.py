@@ -153,6 +153,7 @@ class LayerGraph(nn.Module):
             input_order = torch.as_tensor(input_order, dtype=torch.long)
             if sorted(input_order.tolist()) != list(range(self.num_inputs)) or len(self.example_shape) < 2:
                 raise ValueError("input_order must permute the entries of an input of rank 2 or more")
+        self.input_order: Tensor | None
         self.register_buffer("input_order", input_order)
 
     @property

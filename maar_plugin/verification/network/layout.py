@@ -21,6 +21,7 @@ Each tensor on the way must have no other reader. Every other Transpose stays a 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -41,7 +42,7 @@ class LayoutNode(Protocol):
     module: nn.Module | None
 
 
-def fold_transposes(nodes: list[LayoutNode], consumers: list[int]) -> np.ndarray | None:
+def fold_transposes(nodes: Sequence[LayoutNode], consumers: list[int]) -> np.ndarray | None:
     """Apply the rewrites of the module docstring in place; return the input order (None: unchanged).
 
     ``consumers[i]`` counts the readers of node ``i`` (the network output counts as one)."""
@@ -67,16 +68,17 @@ def _permutation(shape: tuple[int, ...], perm: tuple[int, ...]) -> np.ndarray:
     return np.arange(int(np.prod(shape))).reshape(shape).transpose(perm).reshape(-1)
 
 
-def _hoist_over_affine(nodes: list[LayoutNode], index: int, consumers: list[int]) -> int:
+def _hoist_over_affine(nodes: Sequence[LayoutNode], index: int, consumers: list[int]) -> int:
     """Swap the Transpose with the ElementwiseAffine maps it reads, while each has no other reader;
     returns the Transpose's new index (the swapped nodes keep their places in the list)."""
     while True:
         transpose, source = nodes[index], nodes[index].inputs[0]
         affine = nodes[source]
-        if not isinstance(affine.module, ElementwiseAffine) or consumers[source] != 1:
+        elementwise = affine.module
+        if not isinstance(elementwise, ElementwiseAffine) or consumers[source] != 1:
             return index
-        perm = transpose.module.perm
-        scale, shift = affine.module.scale, affine.module.shift
+        perm = _transpose_of(transpose).perm
+        scale, shift = elementwise.scale, elementwise.shift
         moved = ElementwiseAffine(scale.permute(perm), None if shift is None else shift.permute(perm))
         affine.module, affine.shape = transpose.module, transpose.shape
         transpose.module, transpose.inputs = moved, [source]
@@ -84,26 +86,32 @@ def _hoist_over_affine(nodes: list[LayoutNode], index: int, consumers: list[int]
         index = source
 
 
-def _through_reshapes(nodes: list[LayoutNode], index: int, consumers: list[int]) -> int:
+def _transpose_of(node: LayoutNode) -> Transpose:
+    """The node's module, known to be a Transpose."""
+    assert isinstance(node.module, Transpose)     # the rewrites are called on Transpose nodes only
+    return node.module
+
+
+def _through_reshapes(nodes: Sequence[LayoutNode], index: int, consumers: list[int]) -> int:
     """The first node before ``index`` (following first inputs) that is not a Reshape with one reader."""
     while isinstance(nodes[index].module, Reshape) and consumers[index] == 1:
         index = nodes[index].inputs[0]
     return index
 
 
-def _absorb_into_input(nodes: list[LayoutNode], index: int, consumers: list[int]) -> np.ndarray | None:
+def _absorb_into_input(nodes: Sequence[LayoutNode], index: int, consumers: list[int]) -> np.ndarray | None:
     """Absorb a Transpose of the input (through Reshapes): returns its permutation of the input's entries."""
     transpose = nodes[index]
     source = transpose.inputs[0]
     if _through_reshapes(nodes, source, consumers) != 0 or consumers[0] != 1:
         return None
-    permutation = _permutation(nodes[source].shape, transpose.module.perm)
+    permutation = _permutation(nodes[source].shape, _transpose_of(transpose).perm)
     nodes[0].shape = transpose.shape
     transpose.module, transpose.inputs = Reshape(transpose.shape), [0]     # the identity: dropped later
     return permutation
 
 
-def _fold_into_next_linear(nodes: list[LayoutNode], index: int, consumers: list[int],
+def _fold_into_next_linear(nodes: Sequence[LayoutNode], index: int, consumers: list[int],
                            readers: list[list[int]]) -> bool:
     """Permute the columns of the Linear that reads the Transpose's output (through Reshapes) as a vector."""
     reader = index
@@ -115,26 +123,27 @@ def _fold_into_next_linear(nodes: list[LayoutNode], index: int, consumers: list[
     if reader == index or not isinstance(linear, nn.Linear) or len(nodes[nodes[reader].inputs[0]].shape) != 1:
         return False
     transpose = nodes[index]
-    permutation = _permutation(nodes[transpose.inputs[0]].shape, transpose.module.perm)
+    permutation = _permutation(nodes[transpose.inputs[0]].shape, _transpose_of(transpose).perm)
     with torch.no_grad():
         linear.weight.copy_(linear.weight[:, torch.as_tensor(np.argsort(permutation))])
     transpose.module = Reshape(transpose.shape)
     return True
 
 
-def _fold_into_previous_linear(nodes: list[LayoutNode], index: int, consumers: list[int]) -> bool:
+def _fold_into_previous_linear(nodes: Sequence[LayoutNode], index: int, consumers: list[int]) -> bool:
     """Permute the rows of the Linear whose vector output the Transpose reads through Reshapes and
     elementwise maps (a Dense layer's bias Add, its activation); the ElementwiseAffine maps' constants too."""
     transpose = nodes[index]
     source, affines = transpose.inputs[0], []
     while consumers[source] == 1 and isinstance(nodes[source].module, _ORDER_KEEPING):
-        if isinstance(nodes[source].module, ElementwiseAffine):
-            affines.append(nodes[source].module)
+        module = nodes[source].module
+        if isinstance(module, ElementwiseAffine):
+            affines.append(module)
         source = nodes[source].inputs[0]
     linear = nodes[source].module
     if not isinstance(linear, nn.Linear) or len(nodes[source].shape) != 1 or consumers[source] != 1:
         return False
-    rows = torch.as_tensor(_permutation(nodes[transpose.inputs[0]].shape, transpose.module.perm))
+    rows = torch.as_tensor(_permutation(nodes[transpose.inputs[0]].shape, _transpose_of(transpose).perm))
     with torch.no_grad():
         linear.weight.copy_(linear.weight[rows])
         if linear.bias is not None:

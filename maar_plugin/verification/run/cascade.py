@@ -197,9 +197,9 @@ class Cascade:
         offsets = np.stack([padded(case.prop.unsafe[j].bounds) for j in open_disjuncts])
         thresholds = np.stack([np.full(rows, self.tolerance(j, case)) for j in open_disjuncts])
         graph = self.model.graph
-        relu_bounds = {index: tuple(torch.as_tensor(bound, dtype=torch.float32).reshape(graph.nodes[index].shape)
-                                    for bound in pair)
-                       for index, pair in self.preactivation(case).items()}
+        relu_bounds = {index: (torch.as_tensor(low, dtype=torch.float32).reshape(graph.nodes[index].shape),
+                               torch.as_tensor(high, dtype=torch.float32).reshape(graph.nodes[index].shape))
+                       for index, (low, high) in self.preactivation(case).items()}
         problem = BabProblem(torch.as_tensor(C, dtype=torch.float32), torch.as_tensor(offsets, dtype=torch.float32),
                              torch.as_tensor(thresholds, dtype=torch.float32),
                              torch.as_tensor(outward(case.prop.input_lower, -1)),

@@ -146,8 +146,9 @@ class BranchAndBound:
             self.slices[relu] = slice(start, start + index.numel())
             start += index.numel()
         self.num_unstable = start
-        self.s_shaped_bounds = {index: tuple(t.to(dtype=dtype, device=device)[None] for t in problem.relu_bounds[index])
-                                for index in engine.s_shaped}
+        self.s_shaped_bounds = {
+            index: (low.to(dtype=dtype, device=device)[None], up.to(dtype=dtype, device=device)[None])
+            for index, (low, up) in ((i, problem.relu_bounds[i]) for i in engine.s_shaped)}
         flat_l = torch.cat([self.root[r][0].reshape(-1)[self.unstable[r]] for r in engine.relus]) if start else None
         flat_u = torch.cat([self.root[r][1].reshape(-1)[self.unstable[r]] for r in engine.relus]) if start else None
         self.unstable_lower, self.unstable_upper = flat_l, flat_u
