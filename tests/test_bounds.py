@@ -1,4 +1,6 @@
 """Specification matrices and the LirpaBounds wrapper's plumbing (soundness is in test_lirpa_compat.py)."""
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -108,6 +110,27 @@ def test_alpha_crown_runs_under_no_grad():
     with torch.no_grad():
         bound_lower, _ = LirpaBounds(model, x[:1], alpha_iterations=2).bounds(lower, upper, None, "alpha-CROWN")
     assert not bound_lower.requires_grad
+
+
+def _alpha_lower(iterations: int, **stop) -> torch.Tensor:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).eval()
+    x = torch.rand(1, 6)
+    with torch.no_grad():
+        lower, _ = LirpaBounds(model, x, alpha_iterations=iterations).bounds(
+            x - 0.3, x + 0.3, None, "alpha-CROWN", bound_upper=False, **stop)
+    samples = x - 0.3 + 0.6 * torch.rand(2000, 6)
+    with torch.no_grad():
+        assert torch.all(lower <= model(samples).min(dim=0).values + 1e-5)   # sound wherever it stopped
+    return lower
+
+
+def test_alpha_crown_stops_at_its_deadline_or_once_every_bound_is_enough():
+    full, one_step = _alpha_lower(30), _alpha_lower(1)
+    assert torch.all(full >= one_step - 1e-6) and torch.any(full > one_step + 1e-4)   # optimisation helps here
+    assert torch.allclose(_alpha_lower(30, deadline=0.0), one_step)                  # past deadline: first step
+    assert torch.allclose(_alpha_lower(30, enough=torch.full((1, 3), -1e9)), one_step)
+    assert torch.allclose(_alpha_lower(30, deadline=time.monotonic() + 3600, enough=torch.full((1, 3), 1e9)), full)
 
 
 def test_unknown_method_is_a_user_error():

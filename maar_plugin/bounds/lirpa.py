@@ -21,9 +21,12 @@ every specification row at input resolution, made an MLP's CROWN-IBP step 3x slo
 from __future__ import annotations
 
 import inspect
+import io
+import time
 import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from pathlib import Path
 
 from maar_plugin.bounds import lirpa_compat
@@ -84,20 +87,25 @@ class LirpaBounds:
         self.activations = [node for node in self.bounded._modules.values() if isinstance(node, ACTIVATION_NODES)]
 
     def bounds(self, lower: Tensor, upper: Tensor, spec: Tensor | None, method: str, bound_upper: bool = True,
-               intermediate: IntermediateBounds | None = None) -> tuple[Tensor, Tensor | None]:
+               intermediate: IntermediateBounds | None = None, deadline: float | None = None,
+               enough: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """(lower, upper) bounds of ``spec @ logits`` [B, S] (or of the logits when ``spec`` is None).
 
         A spec with batch dimension 1 is shared by all examples. The upper bound is None when ``bound_upper``
         is False (CROWN methods then skip half the work). ``intermediate`` (from :meth:`intermediate_bounds`
         of an earlier call on the same boxes) fixes every ReLU's input bounds instead of computing them.
+        alpha-CROWN stops optimising after the step during which ``time.monotonic()`` passed ``deadline``, or
+        once every lower bound exceeds ``enough`` (broadcast to [B, S]); it returns the best bounds so far,
+        which are as sound as the last step's.
         """
         if method not in METHODS:
             raise MaarError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
         caller_wants_grad = torch.is_grad_enabled()
         given = {_INTERMEDIATE_KEYWORD: intermediate} if intermediate is not None else {}
         # alpha-CROWN optimises its slopes by gradient descent, also when the caller disabled gradients.
-        with (_parameters_kept_trainable(self.model),
-              torch.set_grad_enabled(caller_wants_grad or method == "alpha-CROWN")):
+        optimised = method == "alpha-CROWN"
+        with (_parameters_kept_trainable(self.model), torch.set_grad_enabled(caller_wants_grad or optimised),
+              self._optimisation_stopped_by(deadline, enough) if optimised else nullcontext()):
             lower_bound, upper_bound = self.bounded.compute_bounds(
                 x=self._forward_centre(lower, upper), C=_batched(spec, lower), method=METHODS[method],
                 bound_upper=bound_upper or method == "IBP", **given)
@@ -105,6 +113,30 @@ class LirpaBounds:
             lower_bound = lower_bound.detach()
             upper_bound = upper_bound.detach() if bound_upper else None
         return lower_bound, (upper_bound if bound_upper else None)
+
+    @contextmanager
+    def _optimisation_stopped_by(self, deadline: float | None, enough: Tensor | None) -> Iterator[None]:
+        """Installs auto_LiRPA's ``stop_criterion_func`` for one optimised call: a tensor of True for every
+        bound ends the Adam loop (both versions), False goes on. auto_LiRPA prints a line when it stops."""
+        if deadline is None and enough is None:
+            yield
+            return
+        arguments = self.bounded.bound_opts["optimize_bound_args"]
+        default: Callable = arguments.get("stop_criterion_func", _never)
+
+        def stop(lower: Tensor) -> Tensor | bool:
+            if (deadline is not None and time.monotonic() > deadline) or \
+                    (enough is not None and bool((lower > enough.to(lower)).all())):
+                return torch.ones_like(lower, dtype=torch.bool)
+            return False
+
+        arguments["stop_criterion_func"] = stop
+        try:
+            with redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                yield
+        finally:
+            arguments["stop_criterion_func"] = default
 
     def ibp_and_crown_ibp_lower(self, lower: Tensor, upper: Tensor, spec: Tensor, crown_spec: Tensor | None = None
                                 ) -> tuple[Tensor, Tensor]:
@@ -153,6 +185,10 @@ class LirpaBounds:
         bounded_input = (BoundedTensor((lower + upper) / 2, perturbation),)
         self.bounded(*bounded_input)
         return bounded_input
+
+
+def _never(_: Tensor) -> bool:
+    return False
 
 
 def failed_inside_lirpa(error: BaseException) -> bool:

@@ -59,7 +59,8 @@ class LirpaBoundStages:
                             f"network's {len(kinds)}")
 
     def spec_lower_bounds(self, lower: np.ndarray, upper: np.ndarray, spec: np.ndarray, method: str,
-                          intermediate: IntermediateBounds | None = None) -> np.ndarray:
+                          intermediate: IntermediateBounds | None = None, deadline: float | None = None,
+                          enough: np.ndarray | None = None) -> np.ndarray:
         """Lower bounds of ``spec @ f(x)`` over the box (spec [rows, outputs]), by ``method``.
 
         ``intermediate`` (from :meth:`intermediate_bounds` of an earlier call on the same box) fixes the
@@ -67,7 +68,8 @@ class LirpaBoundStages:
         ~20x faster than letting auto_LiRPA re-optimise every intermediate layer. On networks with Sigmoid
         or Tanh it is ignored: their CROWN intermediate bounds are loose, and the slopes of every layer must
         be optimised (ERAN's sigmoid 6x200, ε = 0.012: worst margin −143 by CROWN, −75 by alpha-CROWN of the
-        final layer, +7.5 by alpha-CROWN of every layer in 9 s).
+        final layer, +7.5 by alpha-CROWN of every layer in 9 s). alpha-CROWN's slope optimisation stops at
+        ``deadline`` (``time.monotonic()``) or once every row's bound exceeds ``enough`` [rows].
         """
         x_lower = self.graph.to_graph_layout(torch.as_tensor(outward(lower, -1), device=self.device))
         x_upper = self.graph.to_graph_layout(torch.as_tensor(outward(upper, 1), device=self.device))
@@ -79,7 +81,9 @@ class LirpaBoundStages:
                 self.lirpa.bounds(x_lower, x_upper, None, "IBP", bound_upper=False)
             intermediate = self.lirpa.intermediate_bounds()
         with torch.no_grad():
-            lb, _ = self.lirpa.bounds(x_lower, x_upper, C, method, bound_upper=False, intermediate=intermediate)
+            lb, _ = self.lirpa.bounds(
+                x_lower, x_upper, C, method, bound_upper=False, intermediate=intermediate, deadline=deadline,
+                enough=None if enough is None else torch.as_tensor(enough, dtype=torch.float32).reshape(1, -1))
         return lb.double().cpu().numpy().reshape(-1)
 
     def box_lower_bounds(self, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,

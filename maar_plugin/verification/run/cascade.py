@@ -67,6 +67,7 @@ class _Case:
 
 
 ATTACK_SHARE = 0.1   # of an instance's timeout, for the PGD stage's escalating restarts
+ALPHA_SHARE = 0.5    # of the time left, at most, for one alpha-CROWN optimisation
 
 
 class _OutOfTime(Exception):
@@ -167,9 +168,13 @@ class Cascade:
         open_disjuncts = case.open_disjuncts()
         rows, offsets, owners = stacked_rows(case.prop, open_disjuncts)
         stages = self.model.bound_stages
+        thresholds = self.options.tolerance * (1 + np.abs(offsets))
+        # alpha-CROWN's slope optimisation stops once every row is proved, or after half the time left
+        # (branch and bound gets the rest); a network whose optimisation step is slow then cannot overrun.
+        deadline = time.monotonic() + ALPHA_SHARE * self.remaining()
         try:
             margins = stages.spec_lower_bounds(case.prop.input_lower, case.prop.input_upper, rows, method,
-                                               intermediate) - offsets
+                                               intermediate, deadline, offsets + thresholds) - offsets
         except Exception as error:
             if debugging() or not failed_inside_lirpa(error):
                 raise
@@ -179,7 +184,6 @@ class Cascade:
             return
         if method == "CROWN":
             case.crown_intermediate = stages.intermediate_bounds()
-        thresholds = self.options.tolerance * (1 + np.abs(offsets))
         for disjunct in open_disjuncts:
             if np.any((margins > thresholds)[owners == disjunct]):
                 case.refuted[disjunct] = True
