@@ -35,6 +35,7 @@ from maar_plugin.verification.search.bab import FLOAT32_ALLOWANCE, BabOutcome, B
 
 EXACT_WIDTH = 1e-3   # relative width below which a box goes to branch and bound on ReLU splits
 BOXES_PER_UNIT = 64  # boxes per iteration for each domain of ``BabOptions.batch_size``
+ITERATION_SECONDS = 2.0  # an iteration's batch shrinks to about this long, so the deadline is kept
 
 
 class InputSplitSearch:
@@ -62,6 +63,7 @@ class InputSplitSearch:
         disjunct = torch.arange(count, device=self.lower.device)
         visited = iterations = 0
         undecided = ""
+        seconds_per_box = 0.0   # of the last iteration: the next batch is cut to ITERATION_SECONDS and the deadline
         while disjunct.numel():
             if time.monotonic() > deadline:
                 return BabOutcome("timeout", domains=visited, iterations=iterations,
@@ -70,12 +72,17 @@ class InputSplitSearch:
                 return BabOutcome("unknown", domains=visited, iterations=iterations,
                                   message=f"more than {self.max_domains} open input boxes (memory limit)")
             take = min(self.batch, disjunct.numel())
+            if seconds_per_box > 0:
+                seconds = min(ITERATION_SECONDS, deadline - time.monotonic())
+                take = max(1, min(take, int(seconds / seconds_per_box)))
+            iteration_started = time.monotonic()
             box_lower, box_upper, box_disjunct = lower[-take:], upper[-take:], disjunct[-take:]
             lower, upper, disjunct = lower[:-take], upper[:-take], disjunct[:-take]
             visited += take
             iterations += 1
             box_lower, box_upper, box_disjunct, margin = self.bound_and_clip(box_lower, box_upper, box_disjunct)
             if not box_disjunct.numel():
+                seconds_per_box = (time.monotonic() - iteration_started) / take
                 continue
             centre = ((box_lower + box_upper) / 2).requires_grad_(True)
             with torch.enable_grad():
@@ -108,6 +115,7 @@ class InputSplitSearch:
             lower = torch.cat([lower, box_lower, right_lower])
             upper = torch.cat([upper, left_upper, box_upper])
             disjunct = torch.cat([disjunct, box_disjunct, box_disjunct])
+            seconds_per_box = (time.monotonic() - iteration_started) / take
         if undecided:
             return BabOutcome("unknown", domains=visited, iterations=iterations, message=undecided)
         return BabOutcome("proved", domains=visited, iterations=iterations)
