@@ -460,8 +460,8 @@ def certify(source: str, eps: float, count: int, out_dir: str, dataset: str | No
             abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
     """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
     complete-certified accuracy side by side (with --verifier abcrown: complete-certified only)."""
-    from maar_plugin.certify import accuracy_table
-    from maar_plugin.certify import certify as run_certify
+    from maar_plugin.certification import accuracy_table
+    from maar_plugin.certification import certify as run_certify
 
     given = given_options(VerifyOptions, flags)
     options = with_given(VerifyOptions(), given)
@@ -479,7 +479,7 @@ def certify(source: str, eps: float, count: int, out_dir: str, dataset: str | No
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 def demo(out_dir: str, count: int, timeout: float, no_progress: bool) -> None:
     """Train a small MAAR model on real MNIST, export it, verify it completely, print the table."""
-    from maar_plugin.certify import accuracy_table
+    from maar_plugin.certification import accuracy_table
     from maar_plugin.demo import run_demo
     from maar_plugin.training.loop import format_epoch
 
