@@ -155,8 +155,12 @@ def evaluate(run_dir: str, eps: float | None, count: int | None, split: str, pgd
 @click.option("--force", is_flag=True, help="overwrite an earlier export")
 @click.option("--abcrown-config-only", is_flag=True,
               help="only write instances.csv and abcrown.yaml for an existing ONNX file and spec folder")
+@click.option("--abcrown-native", is_flag=True,
+              help="also write abcrown_native.yaml: α,β-CROWN loads the run's model and test images itself "
+                   "(maar_plugin.abcrown_loaders through its Customized(...) entries)")
 def export(run_dir: str | None, out: str, eps: float | None, count: int | None, selection: str, seed: int,
-           timeout: float, specs_dir: str | None, abcrown_device: str, force: bool, abcrown_config_only: bool) -> None:
+           timeout: float, specs_dir: str | None, abcrown_device: str, force: bool, abcrown_config_only: bool,
+           abcrown_native: bool) -> None:
     """Export a run as ONNX + VNN-LIB robustness specs + instances.csv + α,β-CROWN config."""
     from maar_plugin.export import export_run, write_abcrown_config_only
 
@@ -168,12 +172,15 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
     if run_dir is None or eps is None or count is None:
         raise MaarError("maar export needs RUN_DIR, --eps and --count (or --abcrown-config-only)")
     summary = export_run(run_dir, eps, count, out, selection=selection, seed=seed, timeout=timeout, force=force,
-                         specs_dir=specs_dir, device=abcrown_device)
+                         specs_dir=specs_dir, device=abcrown_device, abcrown_native=abcrown_native)
     click.echo(f"ONNX check on {summary.check.images} test images: max |difference| "
                f"onnxruntime {summary.check.onnxruntime:.3g}, onnx2torch {summary.check.onnx2torch:.3g}")
     click.echo(f"wrote {summary.paths.onnx} and {summary.instances} instances in {summary.paths.spec_dir} "
                f"({summary.misclassified} misclassified, kept); α,β-CROWN: "
                f"python abcrown.py --config {(summary.paths.spec_dir / 'abcrown.yaml').resolve()}")
+    if abcrown_native:
+        click.echo(f"α,β-CROWN on the run itself (maar_plugin importable there): python abcrown.py --config "
+                   f"{(summary.paths.spec_dir / 'abcrown_native.yaml').resolve()}")
 
 
 @cli.command()
@@ -460,8 +467,8 @@ def certify(source: str, eps: float, count: int, out_dir: str, dataset: str | No
             abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
     """Export + verify a run (or an ONNX classifier): clean, PGD, IBP-, CROWN-, alpha-CROWN- and
     complete-certified accuracy side by side (with --verifier abcrown: complete-certified only)."""
-    from maar_plugin.certify import accuracy_table
-    from maar_plugin.certify import certify as run_certify
+    from maar_plugin.certification import accuracy_table
+    from maar_plugin.certification import certify as run_certify
 
     given = given_options(VerifyOptions, flags)
     options = with_given(VerifyOptions(), given)
@@ -479,7 +486,7 @@ def certify(source: str, eps: float, count: int, out_dir: str, dataset: str | No
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 def demo(out_dir: str, count: int, timeout: float, no_progress: bool) -> None:
     """Train a small MAAR model on real MNIST, export it, verify it completely, print the table."""
-    from maar_plugin.certify import accuracy_table
+    from maar_plugin.certification import accuracy_table
     from maar_plugin.demo import run_demo
     from maar_plugin.training.loop import format_epoch
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from maar_plugin.certify import CertifiedAccuracy, certify
+from maar_plugin.certification import CertifiedAccuracy, certify
 from maar_plugin.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from maar_plugin.training.config import build_config
 from maar_plugin.training.loop import train

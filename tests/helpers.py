@@ -24,6 +24,23 @@ def pythonpath_with(root: Path) -> str:
     return os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
 
 
+def write_fake_run(run_dir: Path, model_name: str = "mlp-256x2", seed: int = 0, dataset: str = "mnist",
+                   data_dir: str | None = None) -> nn.Sequential:
+    """A training-run folder as `maar train` leaves it (config.json, checkpoint.pt) holding a freshly initialised
+    registered model (``seed``ed; nothing is trained); returns that model in eval mode."""
+    from maar_plugin.data import dataset_info
+    from maar_plugin.models import create_model
+
+    run_dir.mkdir(parents=True)
+    torch.manual_seed(seed)
+    model = create_model(model_name, dataset_info(dataset)).eval()
+    torch.save({"model": model.state_dict(), "epoch": 0}, run_dir / "checkpoint.pt")
+    config = {"dataset": dataset, "model": model_name, "objective": "natural", "eps": 0.1, "data_dir": data_dir,
+              "seed": seed}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    return model
+
+
 def write_verify_folder(folder: Path, results: list[InstanceResult]) -> Path:
     """A results folder as `maar verify --out` writes it: result files and log.jsonl."""
     (folder / "results").mkdir(parents=True)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maar_plugin.certify import accuracy_table, certify
+from maar_plugin.certification import accuracy_table, certify
 from maar_plugin.cli import cli
 from maar_plugin.data import load_dataset
 from maar_plugin.errors import MaarError
@@ -116,7 +116,7 @@ def test_demotraining_state(small_run, tmp_path):
 def test_resuming_with_a_larger_count_verifies_only_the_new_images(small_run, tmp_path):
     """3 images, then 6: the first 3 log records stay as they were and only 3 more are verified; the
     result is that of certifying 6 at once, and going back to 3 reads them from the log."""
-    from maar_plugin.certify import PER_IMAGE_NAME, read_per_image
+    from maar_plugin.certification import PER_IMAGE_NAME, read_per_image
 
     certify(small_run, EPS, 3, tmp_path / "cert", timeout=TIMEOUT, progress=False)
     log = tmp_path / "cert" / "verification" / "log.jsonl"

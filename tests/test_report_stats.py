@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from maar_plugin.certify import PER_IMAGE_COLUMNS
+from maar_plugin.certification import PER_IMAGE_COLUMNS
 from maar_plugin.cli import cli
 from maar_plugin.errors import MaarError
 from maar_plugin.reproduce import markdown_report

@@ -6,6 +6,7 @@ Layout for ``out = models/NAME`` (the specs root defaults to ``vnnlib_specs`` be
     vnnlib_specs/NAME/img<index>_eps<eps>.vnnlib  one negated robustness property per test image
     vnnlib_specs/NAME/instances.csv           onnx,vnnlib,timeout rows relative to the csv
     vnnlib_specs/NAME/abcrown.yaml            α,β-CROWN config running every row of instances.csv
+    vnnlib_specs/NAME/abcrown_native.yaml     with ``abcrown_native``: α,β-CROWN loads the run and images itself
     vnnlib_specs/NAME/export.json             what was exported: run, ε, test indices, labels, predictions
 """
 from __future__ import annotations
@@ -23,13 +24,15 @@ from maar_plugin.atomic import atomic_write_text
 from maar_plugin.data import dataset_info, load_dataset
 from maar_plugin.errors import MaarError
 from maar_plugin.export.abcrown import CONFIG_NAME, DEVICES, INSTANCES_NAME, write_benchmark_files
+from maar_plugin.export.abcrown_native import NATIVE_CONFIG_NAME, NATIVE_INDICES_NAME, write_native_config
 from maar_plugin.export.onnx_export import OnnxCheck, export_onnx
 from maar_plugin.training.run_files import load_trained_model
 from maar_plugin.vnnlib import write_robustness_vnnlib
 
 SELECTIONS = ("first", "random")
 MANIFEST_NAME = "export.json"
-_GENERATED = ("*.vnnlib", "*.vnnlib.compiled", INSTANCES_NAME, CONFIG_NAME, MANIFEST_NAME)
+_GENERATED = ("*.vnnlib", "*.vnnlib.compiled", INSTANCES_NAME, CONFIG_NAME, MANIFEST_NAME, NATIVE_CONFIG_NAME,
+              NATIVE_INDICES_NAME)
 
 
 @dataclass(frozen=True)
@@ -62,11 +65,12 @@ class ExportSummary:
 
 def export_run(run_dir: str | Path, eps: float, count: int, out: str | Path, selection: str = "first", seed: int = 0,
                timeout: float = 120.0, force: bool = False, specs_dir: str | Path | None = None,
-               device: str = "cuda") -> ExportSummary:
+               device: str = "cuda", abcrown_native: bool = False) -> ExportSummary:
     """Export the run's model to ONNX and ``count`` test images as ε-robustness VNN-LIB instances.
 
     Misclassified images are kept: their property is violated by the image itself, which a verifier
     must find too. ``selection`` is ``first`` (test images 0..count-1) or ``random`` (``seed``ed sample).
+    ``abcrown_native`` also writes the α,β-CROWN config that loads the run and the images itself.
     """
     _check_selection(eps, count, selection)
     _check_benchmark_options(timeout, device)
@@ -100,6 +104,9 @@ def export_run(run_dir: str | Path, eps: float, count: int, out: str | Path, sel
         write_robustness_vnnlib(path, image, label, eps, info.num_classes, comments)
         vnnlib_paths.append(path)
     write_benchmark_files(paths.spec_dir, paths.onnx, vnnlib_paths, info.input_shape, timeout, device)
+    if abcrown_native:
+        write_native_config(paths.spec_dir, run_dir, model, config.dataset, config.data_dir, eps, indices.tolist(),
+                            timeout, device)
     manifest = {**metadata, "selection": selection, "seed": seed if selection == "random" else None,
                 "timeout": timeout, "onnx_check": asdict(check), "test_indices": indices.tolist(),
                 "labels": labels.tolist(), "predictions": predictions.tolist()}

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from maar_plugin.atomic import atomic_write_text
-from maar_plugin.certify import CERTIFICATE_NAME, PER_IMAGE_NAME, certificate_verifier, certify, read_per_image
+from maar_plugin.certification import CERTIFICATE_NAME, PER_IMAGE_NAME, certificate_verifier, certify, read_per_image
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_hyperparameters
 from maar_plugin.reproduce.rows import Row, parse_row

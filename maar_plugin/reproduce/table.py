@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maar_plugin.certify import CERTIFICATE_NAME, PER_IMAGE_NAME, certificate_verifier, read_per_image
+from maar_plugin.certification import CERTIFICATE_NAME, PER_IMAGE_NAME, certificate_verifier, read_per_image
 from maar_plugin.errors import MaarError
 from maar_plugin.objectives import objective_class
 from maar_plugin.objectives.maar import BUILT_IN_BASES, Maar

@@ -3,8 +3,10 @@
 The flow, one subpackage per concern:
 
 - :mod:`.network`: the model graph. ``onnx_import`` turns an ONNX file into a
-  :class:`~.network.layers.LayerGraph` of torch layers (our own converter, see there why not onnx2torch);
-  ``runtime`` runs the original file in onnxruntime, the reference every counterexample must pass.
+  :class:`~.network.layers.LayerGraph` of torch layers (our own converter, see there why not onnx2torch),
+  ``module_import`` an ``nn.Sequential`` held in memory (the Python API, :mod:`maar_plugin.api`);
+  ``runtime`` runs the original file in onnxruntime (or the module), the reference every counterexample
+  must pass.
 - :mod:`.bounding`: the bound passes. ``lirpa_stages``: IBP, CROWN and alpha-CROWN through auto_LiRPA
   (:mod:`maar_plugin.bounds.lirpa`, the wrapper training uses too); ``linear``: our batched CROWN pass
   with α slopes and β split multipliers over branch-and-bound domains; ``lp``: LPs with a lower bound
@@ -18,8 +20,9 @@ The flow, one subpackage per concern:
   ``shard``; ``tables`` prints what a folder holds.
 - :mod:`.abcrown`: a user's α,β-CROWN in place of the cascade (``--verifier abcrown``) and the reader of
   α,β-CROWN's YAML configs; neither imports auto_LiRPA or the LP solver.
-- Leaves that everything shares: ``options`` (every setting, defined once), ``instances``, ``result``,
-  ``memory`` (the memory limit's shares and the estimate of what a network needs).
+- Leaves that everything shares: ``options`` (every setting, defined once), ``instances``, ``spec`` (a
+  property held in memory), ``result``, ``memory`` (the memory limit's shares and the estimate of what a
+  network needs).
 
 The public names below are imported on first use, so that ``import maar_plugin.verification`` costs
 nothing and the α,β-CROWN back end works without auto_LiRPA.
@@ -41,7 +44,8 @@ _PUBLIC = {
     "Shard": "run.shard", "parse_shard": "run.shard", "rank_device": "run.shard", "shard_from_env": "run.shard",
     "wait_for_all_ranks": "run.shard",
     "AbcrownJob": "abcrown.config", "read_abcrown_config": "abcrown.config",
-    "LayerGraph": "network.layers", "load_onnx_graph": "network.onnx_import",
+    "LayerGraph": "network.layers", "load_onnx_graph": "network.onnx_import", "module_graph": "network.module_import",
+    "VerificationSpec": "spec",
 }
 
 __all__ = sorted(_PUBLIC)

@@ -10,8 +10,10 @@ from maar_plugin.atomic import atomic_write_text
 ROBUSTNESS_DESCRIPTION = "local robustness; the file is sat iff some input in the box is not classified as label"
 
 
-def robustness_box(image: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """The L-inf ε-ball around ``image`` clipped to [0, 1], flat, as float32 rounded *outwards*.
+def robustness_box(image: np.ndarray, eps: float,
+                   domain: tuple[float, float] | None = (0.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+    """The L-inf ε-ball around ``image`` clipped to ``domain`` (None: not clipped), flat, as float32 rounded
+    *outwards*.
 
     The ball is computed in float64 and each bound rounded to the float32 below (lower) or above
     (upper), so the written box contains the exact ball and every bound is a float32 value that a
@@ -19,8 +21,15 @@ def robustness_box(image: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarra
     half-width in float64, which is exact for float32 bounds: it sees exactly this box.)
     """
     pixels = np.asarray(image, dtype=np.float64).reshape(-1)
-    lower = np.clip(pixels - eps, 0.0, 1.0)
-    upper = np.clip(pixels + eps, 0.0, 1.0)
+    lower, upper = pixels - eps, pixels + eps
+    if domain is not None:
+        lower, upper = np.clip(lower, *domain), np.clip(upper, *domain)
+    return float32_outward(lower, upper)
+
+
+def float32_outward(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The smallest float32 box that contains the float64 box [lower, upper]."""
+    lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
     lower32, upper32 = lower.astype(np.float32), upper.astype(np.float32)
     lower32 = np.where(lower32 > lower, np.nextafter(lower32, np.float32(-np.inf)), lower32)
     upper32 = np.where(upper32 < upper, np.nextafter(upper32, np.float32(np.inf)), upper32)

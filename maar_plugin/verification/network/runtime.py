@@ -1,4 +1,5 @@
-"""The original ONNX file run by onnxruntime: every counterexample must violate the property there."""
+"""The network as deployed, which every counterexample must violate the property on: the original ONNX file
+run by onnxruntime, or the user's torch module (the Python API)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,8 @@ from typing import Protocol
 
 import numpy as np
 import onnxruntime
+import torch
+from torch import nn
 
 from maar_plugin.errors import MaarError
 from maar_plugin.vnnlib.property import VnnlibProperty
@@ -36,6 +39,26 @@ class OnnxRuntimeModel:
         """Flat float64 outputs for one flat input (cast to float32 like the deployed network)."""
         x = np.asarray(flat_input, dtype=np.float32).reshape(self.input_shape)
         return np.asarray(self.session.run(None, {self.input.name: x})[0], dtype=np.float64).reshape(-1)
+
+
+class TorchModuleModel:
+    """A torch module run as it is (its device and dtype, eval mode): the reference of the Python API."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
+        self.model, self.input_shape = model, tuple(input_shape)
+        first = next(iter([*model.parameters(), *model.buffers()]), None)
+        self.device = first.device if first is not None else torch.device("cpu")
+        self.dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+
+    def input_tensor(self, flat_input: np.ndarray) -> torch.Tensor:
+        """One flat input as the module's input [1, *input_shape], in its dtype (float32: rounded like ONNX)."""
+        return torch.as_tensor(np.asarray(flat_input, dtype=np.float64)).to(self.dtype).reshape(1, *self.input_shape)
+
+    def outputs(self, flat_input: np.ndarray) -> np.ndarray:
+        """Flat float64 outputs for one flat input."""
+        with torch.no_grad():
+            y = self.model(self.input_tensor(flat_input).to(self.device))
+        return y.detach().double().cpu().numpy().reshape(-1)
 
 
 def confirmed_counterexample(runtime: ReferenceModel, prop: VnnlibProperty,

@@ -276,10 +276,20 @@ def verify_instance(onnx_path: str | Path, vnnlib_path: str | Path, timeout: flo
     started = time.monotonic()
     result = InstanceResult(instance or f"{Path(onnx_path).stem}__{Path(vnnlib_path).stem}",
                             str(onnx_path), str(vnnlib_path), verdict="unknown", timeout=timeout)
-    try:
+
+    def decide() -> InstanceResult:
         model = cache.get(onnx_path)
         cases = read_vnnlib_cases(vnnlib_path, model.graph.num_inputs, model.graph.num_outputs)
         return verify_cases(model, cases, options, result, started)
+
+    return guarded(decide, result, started)
+
+
+def guarded(decide: Callable[[], InstanceResult], result: InstanceResult, started: float) -> InstanceResult:
+    """``decide()``, or else ``result`` with the verdict ``error``: a MaarError's one-line message, or an
+    unexpected failure's first line with its traceback (raised instead under ``MAAR_DEBUG``)."""
+    try:
+        return decide()
     except MaarError as error:
         result.verdict, result.message = "error", str(error)
     except Exception as error:  # a bug or a library failure on one instance must not stop the batch
