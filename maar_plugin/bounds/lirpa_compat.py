@@ -29,7 +29,7 @@ from maar_plugin.errors import MaarError
 KNOWN_VERSIONS = SpecifierSet(">=0.3,<0.8")
 KNOWN_VERSIONS_TEXT = "0.3 (PyPI) to 0.7 (α,β-CROWN's checkout)"
 INSTALL_ADVICE = ("pip install --no-deps auto-lirpa==0.3 && pip install appdirs 'numpy<2' maar-plugin (PyPI's "
-                  "build without its stale pins, then what it imports; see the README), or put α,β-CROWN's "
+                  "build without its stale pins, then what it imports; see the README, Install), or put α,β-CROWN's "
                   "auto_LiRPA checkout on PYTHONPATH")
 
 
