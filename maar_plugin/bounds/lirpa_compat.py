@@ -97,7 +97,10 @@ def clamp_stops_gradient_at_bounds() -> bool:
 
 
 def relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d, leaky_alpha: float = 0.0):
-    """auto_LiRPA's ``BoundRelu._relu_mask_alpha`` (0.3 to 0.7) with ``clamp_passing_gradient`` for ``torch.clamp``."""
+    """auto_LiRPA's ``BoundRelu._relu_mask_alpha`` (0.3 to 0.7) with ``clamp_passing_gradient`` for ``torch.clamp``.
+
+    Adapted from auto_LiRPA (BSD-3-Clause, Copyright (C) 2021-2026 The α,β-CROWN Team; its notice is in LICENSE).
+    """
     lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
     upper_mask = (upper <= 0).requires_grad_(False)
     zero_coeffs = False if leaky_alpha > 0 else upper_mask.all()
