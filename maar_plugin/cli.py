@@ -24,13 +24,20 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+class _VerifierChoice(click.Choice):
+    """``builtin`` or ``abcrown``; ``maar``, the old name of ``builtin``, is still read as it."""
+
+    def convert(self, value, param, ctx):
+        return "builtin" if value == "maar" else super().convert(value, param, ctx)
+
+
 def verifier_options(command):
     """--verifier, --abcrown, --abcrown-python: who decides the instances (``maar verify/certify/reproduce``)."""
     command = click.option("--abcrown-python", type=click.Path(dir_okay=False),
                            help="the Python that runs α,β-CROWN  [default: this one]")(command)
     command = click.option("--abcrown", "abcrown_checkout", type=click.Path(file_okay=False),
                            help="an α,β-CROWN checkout (the folder holding complete_verifier/abcrown.py)")(command)
-    return click.option("--verifier", "verifier_name", type=click.Choice(["builtin", "abcrown"]), default="builtin",
+    return click.option("--verifier", "verifier_name", type=_VerifierChoice(["builtin", "abcrown"]), default="builtin",
                         show_default=True,
                         help="the built-in verifier, or α,β-CROWN (one process per batch; needs --abcrown)")(command)
 

@@ -26,6 +26,11 @@ def _visible_commands_with(flag: str) -> set[str]:
     return {name for name in cli.commands if (option := _option(name, flag)) is not None and not option.hidden}
 
 
+@pytest.fixture
+def benchmark(tmp_path):
+    return write_tiny_benchmark(tmp_path, ["always", "never"])
+
+
 def test_device_is_where_the_command_computes():
     assert _visible_commands_with("--device") == set(COMPUTING)
     for name in COMPUTING:
@@ -50,6 +55,16 @@ def test_config_and_instances_have_one_meaning_each():
     assert old_name is not None and old_name.hidden and old_name.is_flag
 
 
+def test_verifier_is_builtin_or_abcrown_and_reads_the_old_name(benchmark, tmp_path):
+    option = _option("verify", "--verifier")
+    assert option is not None and list(option.type.choices) == ["builtin", "abcrown"]
+    out = tmp_path / "results"
+    result = CliRunner().invoke(cli, ["verify", "--instances", str(benchmark / "instances.csv"), "--out", str(out),
+                                      "--verifier", "maar", *FAST_FLAGS])
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["verdict"] for line in (out / "log.jsonl").read_text().splitlines()] == ["sat", "unsat"]
+
+
 def test_maar_weighting_has_one_default_which_the_recipes_and_demo_use():
     default = objective_hyperparameters("maar")["weighting"][0]
     assert default == "soft"
@@ -58,11 +73,6 @@ def test_maar_weighting_has_one_default_which_the_recipes_and_demo_use():
             arguments = load_recipe(name, scale).training.get("objective_args") or {}
             assert arguments.get("weighting", default) == default, (name, scale)
     assert DEMO_TRAINING["objective_args"].get("weighting", default) == default
-
-
-@pytest.fixture
-def benchmark(tmp_path):
-    return write_tiny_benchmark(tmp_path, ["always", "never"])
 
 
 def test_verify_timeout_overrides_the_csv(benchmark, tmp_path):
