@@ -24,21 +24,37 @@ class _Group(click.Group):
             sys.exit(130)
 
 
+class _VerifierChoice(click.Choice):
+    """``builtin`` or ``abcrown``; ``maar``, the old name of ``builtin``, is still read as it."""
+
+    def convert(self, value, param, ctx):
+        return "builtin" if value == "maar" else super().convert(value, param, ctx)
+
+
 def verifier_options(command):
     """--verifier, --abcrown, --abcrown-python: who decides the instances (``maar verify/certify/reproduce``)."""
     command = click.option("--abcrown-python", type=click.Path(dir_okay=False),
                            help="the Python that runs α,β-CROWN  [default: this one]")(command)
     command = click.option("--abcrown", "abcrown_checkout", type=click.Path(file_okay=False),
                            help="an α,β-CROWN checkout (the folder holding complete_verifier/abcrown.py)")(command)
-    return click.option("--verifier", "verifier_name", type=click.Choice(["builtin", "abcrown"]), default="builtin",
+    return click.option("--verifier", "verifier_name", type=_VerifierChoice(["builtin", "abcrown"]), default="builtin",
                         show_default=True,
                         help="the built-in verifier, or α,β-CROWN (one process per batch; needs --abcrown)")(command)
 
 
-def retry_open_option(command):
-    return click.option("--retry-open", type=float, metavar="SECONDS",
-                        help="verify instances left open (timeout, unknown) again with this timeout, also those of "
-                             "a resumed run (0: no second pass)")(command)
+def _retry_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    if value is not None and value < 0:
+        raise click.BadParameter(f"must be 0 (no retry) or a positive number of seconds, got {value:g}")
+    return value
+
+
+def retry_open_option(command=None, *, default_text: str = ""):
+    """--retry-open SECONDS, one meaning everywhere: open instances again with this timeout; 0: no second pass."""
+    def decorate(command):
+        return click.option("--retry-open", type=float, metavar="SECONDS", callback=_retry_seconds,
+                            help="verify instances left open (timeout, unknown) again with this timeout, also those "
+                                 f"of a resumed run (0: no second pass){default_text}")(command)
+    return decorate(command) if command is not None else decorate
 
 
 ABCROWN_OPTIONS = {"timeout", "device"}  # the VerifyOptions an α,β-CROWN run takes; it has its own for the rest
@@ -122,8 +138,10 @@ def train(run_dir: str, recipe_name: str | None, scale: str, config_file: str | 
 @click.option("--pgd-steps", type=int, default=50, show_default=True, help="PGD steps")
 @click.option("--pgd-restarts", type=int, default=3, show_default=True, help="PGD restarts")
 @click.option("--crown-count", type=int, help="first images that also get CROWN bounds (default: all; 0: none)")
+@click.option("--device", default="auto", show_default=True,
+              help="where the evaluation runs: cuda, cpu, cuda:N, or auto (cuda when there is one)")
 def evaluate(run_dir: str, eps: float | None, count: int | None, split: str, pgd_steps: int, pgd_restarts: int,
-             crown_count: int | None) -> None:
+             crown_count: int | None, device: str) -> None:
     """Recompute a run's metrics: clean, PGD, IBP- and CROWN-verified accuracy, on the test set or on held-out
     training images.
 
@@ -133,7 +151,7 @@ def evaluate(run_dir: str, eps: float | None, count: int | None, split: str, pgd
     from maar_plugin.training.evaluate_run import EVALUATION_NAME, VALIDATION_NAME, evaluate_run, format_table
 
     results, path = evaluate_run(run_dir, eps=eps, count=count, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
-                                 crown_count=crown_count, split=split)
+                                 crown_count=crown_count, split=split, device=device)
     click.echo(format_table([results]))
     click.echo(f"written: {path}" + ("" if path.name in (EVALUATION_NAME, VALIDATION_NAME) else
                                      " (not the file `maar report` reads: other ε or settings than the run's)"))
@@ -375,9 +393,7 @@ def report(results_dirs: tuple[str, ...], per_instance: bool, per_instance_alias
                    "extended, its verified images kept  [default: the recipe's certify_count]")
 @click.option("--certify-timeout", type=float, metavar="SECONDS",
               help="seconds per instance in the first pass  [default: the recipe's certify_timeout]")
-@click.option("--retry-open", type=float, metavar="SECONDS",
-              help="verify instances left open again with this timeout (0: no second pass)  [default: the "
-                   "recipe's certify_retry_timeout]")
+@retry_open_option(default_text="  [default: the recipe's certify_retry_timeout]")
 @click.option("--no-progress", is_flag=True, help="no progress bars")
 @dataclass_flags(VerifyOptions, exclude=REPRODUCE_OWN_OPTIONS)
 @verifier_options

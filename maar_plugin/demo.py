@@ -13,7 +13,8 @@ from maar_plugin.training.run_files import training_state
 
 # A short schedule that takes a few minutes on a 2-core CPU (README: "make demo").
 DEMO_TRAINING = {
-    "dataset": "mnist", "model": "dm-small", "objective": "maar", "objective_args": {"base": "ibp", "lam": 0.5},
+    "dataset": "mnist", "model": "dm-small", "objective": "maar",
+    "objective_args": {"base": "ibp", "lam": 0.5, "weighting": "soft"},
     "eps": 0.1, "epochs": 8, "warmup_epochs": 1, "ramp_epochs": 4, "lr_decay_epochs": [6], "batch_size": 128,
     "lr": 1e-3, "eval_count": 1000, "eval_crown_count": 200, "eval_pgd_steps": 10, "seed": 0, "device": "auto",
 }

@@ -14,6 +14,8 @@ def resolve_device(name: str) -> torch.device:
     one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise MaarError(f"--device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MaarError(f"--device {name} was asked for, but torch sees no CUDA device here; use --device cpu")
     return torch.device(name)

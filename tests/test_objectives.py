@@ -275,4 +275,4 @@ def test_cli_lists_objectives_with_hyperparameters():
     assert result.exit_code == 0, result.output
     for name in BUILT_IN:
         assert f"{name}: " in result.output
-    assert "lam=0.5" in result.output and "weighting=hard" in result.output and "kappa_end=0.0" in result.output
+    assert "lam=0.5" in result.output and "weighting=soft" in result.output and "kappa_end=0.0" in result.output

@@ -18,7 +18,7 @@ from maar_plugin import __version__
 from maar_plugin.bounds.lirpa_compat import INSTALL_ADVICE
 from maar_plugin.verification import InstanceResult
 
-BUILD_INPUTS = ("maar_plugin", "setup.cfg", "pyproject.toml", "README.md")
+BUILD_INPUTS = ("maar_plugin", "setup.cfg", "pyproject.toml", "README.md", "LICENSE")
 PIP_ADVICE = INSTALL_ADVICE.split(" (")[0]  # the advice's pip commands
 
 
@@ -58,6 +58,7 @@ def test_the_wheel_installs_into_a_clean_venv_and_its_commands_run(tmp_path):
     modules = {path.relative_to(REPO).as_posix() for path in (REPO / "maar_plugin").rglob("*.py")}
     recipes = {path.relative_to(REPO).as_posix() for path in (REPO / "maar_plugin" / "recipes").glob("*.yaml")}
     assert recipes and modules | recipes | {"maar_plugin/py.typed"} <= names
+    assert any(name.startswith("maar_plugin-") and name.endswith(".dist-info/licenses/LICENSE") for name in names)
     assert not [name for name in names if name.startswith(("tests/", "benchmarks/")) or "__pycache__" in name]
 
     venv = tmp_path / "venv"

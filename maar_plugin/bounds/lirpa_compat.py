@@ -29,7 +29,7 @@ from maar_plugin.errors import MaarError
 KNOWN_VERSIONS = SpecifierSet(">=0.3,<0.8")
 KNOWN_VERSIONS_TEXT = "0.3 (PyPI) to 0.7 (α,β-CROWN's checkout)"
 INSTALL_ADVICE = ("pip install --no-deps auto-lirpa==0.3 && pip install appdirs 'numpy<2' maar-plugin (PyPI's "
-                  "build without its stale pins, then what it imports; see the README), or put α,β-CROWN's "
+                  "build without its stale pins, then what it imports; see the README, Install), or put α,β-CROWN's "
                   "auto_LiRPA checkout on PYTHONPATH")
 
 
@@ -97,7 +97,10 @@ def clamp_stops_gradient_at_bounds() -> bool:
 
 
 def relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d, leaky_alpha: float = 0.0):
-    """auto_LiRPA's ``BoundRelu._relu_mask_alpha`` (0.3 to 0.7) with ``clamp_passing_gradient`` for ``torch.clamp``."""
+    """auto_LiRPA's ``BoundRelu._relu_mask_alpha`` (0.3 to 0.7) with ``clamp_passing_gradient`` for ``torch.clamp``.
+
+    Adapted from auto_LiRPA (BSD-3-Clause, Copyright (C) 2021-2026 The α,β-CROWN Team; its notice is in LICENSE).
+    """
     lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
     upper_mask = (upper <= 0).requires_grad_(False)
     zero_coeffs = False if leaky_alpha > 0 else upper_mask.all()

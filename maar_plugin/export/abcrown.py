@@ -34,7 +34,7 @@ def abcrown_config(input_shape: tuple[int, ...] | None, timeout: float, device: 
     ``solver.crown.compare_crown_with_ibp`` makes every CROWN and alpha-CROWN bound, intermediate and final,
     the better of it and IBP's (auto_LiRPA's ``compare_with_IBP``): α,β-CROWN's default pipeline never
     computes IBP bounds, and on IBP-trained networks CROWN is looser than IBP, so without it α,β-CROWN timed
-    out on instances that IBP proves at once (README, *Side by side with α,β-CROWN*). Certified training
+    out on instances that IBP proves at once (docs/benchmarks.md, *The shipped benchmark*). Certified training
     makes these initial bounds tight, so most robust instances are verified before branch and bound.
     ``pgd_order: after`` runs PGD only when that incomplete verification fails (abcrown.py), so robust
     instances do not pay for the attack (α,β-CROWN's default ``before`` spent 296 s of a 60 s budget

@@ -5,7 +5,8 @@ R(x) = max_{x' ∈ B(x)} KL(p(x) ‖ p(x')) by R̄(x) (``kl_upper_bound``) and m
 
     L = L_base + λ_t · mean_i(w_i · R̄(x_i)),  λ_t = λ · progress,
 
-with w = 1 on misclassified examples ("hard") or w = 1 − p_y ("soft", MART's weight, Wang et al. 2020).
+with w = 1 − p_y ("soft", MART's weight, Wang et al. 2020; the default, as in every recipe) or w = 1 on
+misclassified examples only ("hard").
 R̄ needs upper bounds of every logit difference z_j − z_k. Every certified base (a
 ``PairwiseBoundsObjective``: ibp, crown-ibp, sabr, mtl-ibp, exp-ibp, cc-ibp, or a third party's) runs
 its bound pass on the pairwise specification (its margins are a subset of those rows), so MAAR composes
@@ -41,7 +42,7 @@ DEFAULT_BASE = "crown-ibp"
 class MaarHyperparameters:
     lam: float = hyperparameter(0.5, "λ: weight of the KL regulariser at the end of the ε ramp (λ_t = λ·progress)")
     weighting: str = hyperparameter(
-        "hard", "hard: regularise misclassified examples only; soft: weight 1 − p_y (MART)", choices=WEIGHTINGS
+        "soft", "soft: weight 1 − p_y (MART); hard: regularise misclassified examples only", choices=WEIGHTINGS
     )
     pairwise_bounds: str = hyperparameter(
         "ibp", "bounds of z_j − z_k in R̄: ibp = IBP part of the base's pass; base = the base's method "
@@ -73,7 +74,7 @@ def _is_base(name: str) -> bool:
 
 @register_objective("maar")
 class Maar(Objective):
-    description = "MAAR: certified base loss + λ·mean(w·R̄), R̄ ≥ worst-case KL(p(x)‖p(x')), w: misclassified"
+    description = "MAAR: certified base loss + λ·mean(w·R̄), R̄ ≥ worst-case KL(p(x)‖p(x')), w = 1 − p_y"
     Hyperparameters = MaarWithBaseHyperparameters
     fixed_base: ClassVar[str | None] = None
 

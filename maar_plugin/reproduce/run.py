@@ -191,7 +191,7 @@ def _train_and_evaluate(task: _Task, log: Callable[[str], None] = print) -> None
     if not _evaluation_done(task.run_dir, config.eps, settings):
         log(f"{name}: evaluating on {settings.count} test images")
         evaluate_run(task.run_dir, eps=config.eps, count=settings.count, pgd_steps=settings.pgd_steps,
-                     pgd_restarts=settings.pgd_restarts, crown_count=settings.crown_count)
+                     pgd_restarts=settings.pgd_restarts, crown_count=settings.crown_count, device=config.device)
     elif add_misclassified(task.run_dir):
         log(f"{name}: misclassified test images added to {EVALUATION_NAME}")
 

@@ -91,15 +91,17 @@ def evaluate_run(
     pgd_restarts: int = 3,
     crown_count: int | None = None,
     split: str = "test",
+    device: str = "auto",
 ) -> tuple[dict, Path]:
     """Metrics at ``eps`` (default: the run's) on the first ``count`` images of ``split`` (test or
-    validation); returns them and the file they were saved in (``evaluation_path``)."""
-    device = resolve_device("auto")
-    model, config, _ = load_trained_model(run_dir, device)
+    validation), computed on ``device`` (auto, cpu, cuda, cuda:N); returns them and the file they were saved
+    in (``evaluation_path``)."""
+    torch_device = resolve_device(device)
+    model, config, _ = load_trained_model(run_dir, torch_device)
     eps = config.eps if eps is None else eps
     if not 0 <= eps <= 1:
         raise MaarError(f"--eps must be in [0, 1], got {eps}")
-    images, labels, first = evaluation_images(config, split, device)
+    images, labels, first = evaluation_images(config, split, torch_device)
     split_size = len(images)
     if count is not None:
         if not 0 < count <= len(images):

@@ -1,7 +1,7 @@
 """α,β-CROWN as a verification back end (``maar verify --verifier abcrown --abcrown PATH``).
 
 One ``abcrown.py`` process per batch: the pending instances go into a csv (absolute paths, each with its
-timeout), the config is the one ``maar export`` writes (or the user's ``--config``) pointed at that csv,
+timeout), the config is the one ``maar export`` writes (or the user's ``--abcrown-config``) pointed at that csv,
 and the per-instance outcome is read from the process's output as it comes (``abcrown_output``), so each
 verdict is logged at once and ``--resume`` skips it like one of the cascade's. Its own results file is a
 pickle and is never read. Every ``sat`` must come with a counterexample that onnxruntime confirms on
