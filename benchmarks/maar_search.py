@@ -61,6 +61,7 @@ DEFAULT_GRID = (
     "maar-sabr:lam=2:weighting=soft",
     "maar-sabr:lam=1:weighting=soft:kl_region=ball",
     "maar-sabr:lam=0.25:weighting=soft",
+    "maar-sabr:lam=2:weighting=soft:kl_region=ball",
 )
 SEARCH_NAME, RUNS_CSV, RANKING_CSV, RANKING_MD = "search.json", "runs.csv", "ranking.csv", "ranking.md"
 VALIDATION_FILE = "validation.json"
@@ -216,9 +217,28 @@ def _right(results: dict, key: str, count: int) -> np.ndarray:
     return right
 
 
+def compare(settings: Settings, results: dict[tuple[str, int], dict], label: str, other: str) -> dict | None:
+    """``label`` minus ``other`` over the seeds both have (None if none): per metric the mean ± std of the
+    differences by seed (``delta_<metric>``), and for CROWN-verified and clean accuracy the difference with its
+    bootstrap interval and McNemar's test, paired by seed and image (``paired_<metric>``)."""
+    seeds = [seed for seed in settings.seeds if (label, seed) in results and (other, seed) in results]
+    if not seeds:
+        return None
+    comparison: dict = {"seeds": seeds}
+    for key, _ in METRICS:
+        comparison[f"delta_{key}"] = statistic([results[label, seed][key] - results[other, seed][key]
+                                                for seed in seeds])
+    for key, wrong, count in (("crown_verified", "crown_unverified", settings.crown_count),
+                              ("clean", "misclassified", settings.count)):
+        treated = np.stack([_right(results[label, seed], wrong, count) for seed in seeds])
+        untreated = np.stack([_right(results[other, seed], wrong, count) for seed in seeds])
+        comparison[f"paired_{key}"] = paired_test(treated, untreated)
+    return comparison
+
+
 def rank(settings: Settings, results: dict[tuple[str, int], dict]) -> list[dict]:
-    """Per row: mean ± std over seeds of each metric, the paired difference to its base (by seed, and by
-    seed and image), sorted by CROWN-verified accuracy, then clean accuracy."""
+    """Per row: mean ± std over seeds of each metric and the comparison with its base (``compare``), sorted
+    by CROWN-verified accuracy, then clean accuracy."""
     ranking = []
     for label in settings.rows:
         seeds = [seed for seed in settings.seeds if (label, seed) in results]
@@ -228,19 +248,19 @@ def rank(settings: Settings, results: dict[tuple[str, int], dict]) -> list[dict]
         for key, _ in METRICS:
             entry[key] = statistic([results[label, seed][key] for seed in seeds])
         base = maar_base(label)
-        paired = [seed for seed in seeds if (base, seed) in results] if base else []
-        entry["base"] = base if paired else None
-        if paired:
-            for key, _ in METRICS:
-                entry[f"delta_{key}"] = statistic([results[label, seed][key] - results[base, seed][key]
-                                                   for seed in paired])
-            for key, wrong, count in (("crown_verified", "crown_unverified", settings.crown_count),
-                                      ("clean", "misclassified", settings.count)):
-                treated = np.stack([_right(results[label, seed], wrong, count) for seed in paired])
-                untreated = np.stack([_right(results[base, seed], wrong, count) for seed in paired])
-                entry[f"paired_{key}"] = paired_test(treated, untreated)
+        entry["versus_base"] = compare(settings, results, label, base) if base else None
+        entry["base"] = base if entry["versus_base"] else None
         ranking.append(entry)
     return sorted(ranking, key=lambda entry: (-entry["crown_verified"].mean, -entry["clean"].mean))
+
+
+def versus_first(settings: Settings, results: dict[tuple[str, int], dict], ranking: list[dict]) -> list[dict]:
+    """The first setting of the ranking minus each other one (``compare``): is it ahead by more than noise?"""
+    if not ranking:
+        return []
+    first = ranking[0]["row"]
+    comparisons = [(entry["row"], compare(settings, results, first, entry["row"])) for entry in ranking[1:]]
+    return [{"row": row, **comparison} for row, comparison in comparisons if comparison]
 
 
 def _stat(value: Statistic | None) -> str:
@@ -251,7 +271,13 @@ def _interval(test: PairedTest | None) -> str:
     return "–" if test is None else f"[{test.low:+.2f}, {test.high:+.2f}], p = {test.p_value:.2g}"
 
 
-def ranking_markdown(settings: Settings, ranking: list[dict]) -> str:
+def _difference_cells(comparison: dict | None) -> list[str]:
+    comparison = comparison or {}
+    return [_stat(comparison.get("delta_crown_verified")), _interval(comparison.get("paired_crown_verified")),
+            _stat(comparison.get("delta_clean")), _interval(comparison.get("paired_clean"))]
+
+
+def ranking_markdown(settings: Settings, ranking: list[dict], against_first: list[dict]) -> str:
     seeds = ",".join(map(str, settings.seeds))
     lines = [
         f"Recipe `{settings.recipe}` at {settings.scale} scale"
@@ -259,28 +285,56 @@ def ranking_markdown(settings: Settings, ranking: list[dict]) -> str:
         + f", seeds {seeds}. Scored on held-out training images (the validation split): CROWN-verified "
         f"accuracy on the first {settings.crown_count}, clean, IBP-verified and PGD ({settings.pgd_steps} steps, "
         f"{settings.pgd_restarts} restart(s)) on the first {settings.count}; mean ± sample std over seeds, in "
-        "percent. Δ: minus the base, paired by seed (mean ± std of the differences); 95 % bootstrap interval "
-        "over seeds and images and McNemar's exact p, paired by image. Ranked by CROWN-verified, then clean.",
+        "percent. Δ: minus the base, paired by seed (mean ± std of the differences); by image: the difference's "
+        "95 % bootstrap interval over seeds and images and McNemar's exact p. Ranked by CROWN-verified, then clean.",
         "",
-        "| rank | setting | seeds | CROWN-verified | Δ CROWN | Δ CROWN by image | clean | Δ clean "
-        "| Δ clean by image | IBP-verified | PGD |",
+        "| rank | setting | seeds | CROWN-verified | clean | IBP-verified | PGD | Δ CROWN | Δ CROWN by image "
+        "| Δ clean | Δ clean by image |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for position, entry in enumerate(ranking, start=1):
         cells = [str(position), f"`{entry['row']}`", ",".join(map(str, entry["seeds"])),
-                 str(entry["crown_verified"]), _stat(entry.get("delta_crown_verified")),
-                 _interval(entry.get("paired_crown_verified")), str(entry["clean"]), _stat(entry.get("delta_clean")),
-                 _interval(entry.get("paired_clean")), str(entry["ibp_verified"]), str(entry["pgd"])]
+                 *(str(entry[key]) for key, _ in METRICS), *_difference_cells(entry["versus_base"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if against_first:
+        lines += ["", f"`{ranking[0]['row']}` minus each other setting, paired in the same way:", "",
+                  "| setting | seeds | Δ CROWN | Δ CROWN by image | Δ clean | Δ clean by image |",
+                  "|---|---|---|---|---|---|"]
+        for comparison in against_first:
+            cells = [f"`{comparison['row']}`", ",".join(map(str, comparison["seeds"])),
+                     *_difference_cells(comparison)]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def ranking_csv(ranking: list[dict]) -> str:
-    columns = ["rank", "row", "base", "seeds"]
+def _difference_columns(prefix: str = "") -> list[str]:
+    columns = [f"{prefix}delta_{key}_{part}" for key, _ in METRICS for part in ("mean", "std")]
+    return columns + [f"{prefix}paired_{key}_{part}" for key in ("crown_verified", "clean")
+                      for part in ("difference", "low", "high", "p")]
+
+
+def _difference_values(comparison: dict | None, prefix: str = "") -> dict:
+    if not comparison:
+        return {}
+    values = {}
     for key, _ in METRICS:
-        columns += [f"{key}_mean", f"{key}_std", f"delta_{key}_mean", f"delta_{key}_std"]
+        delta = comparison[f"delta_{key}"]
+        values[f"{prefix}delta_{key}_mean"] = f"{delta.mean:.2f}"
+        values[f"{prefix}delta_{key}_std"] = f"{delta.spread:.2f}"
     for key in ("crown_verified", "clean"):
-        columns += [f"paired_{key}_difference", f"paired_{key}_low", f"paired_{key}_high", f"paired_{key}_p"]
+        test = comparison[f"paired_{key}"]
+        values.update({f"{prefix}paired_{key}_difference": f"{test.difference:.2f}",
+                       f"{prefix}paired_{key}_low": f"{test.low:.2f}", f"{prefix}paired_{key}_high": f"{test.high:.2f}",
+                       f"{prefix}paired_{key}_p": f"{test.p_value:.3g}"})
+    return values
+
+
+def ranking_csv(ranking: list[dict], against_first: list[dict]) -> str:
+    """One line per setting: rank, means and stds, the differences to its base and those of the first to it
+    (``first_minus_``)."""
+    columns = ["rank", "row", "base", "seeds", *(f"{key}_{part}" for key, _ in METRICS for part in ("mean", "std")),
+               *_difference_columns(), *_difference_columns("first_minus_")]
+    by_row = {comparison["row"]: comparison for comparison in against_first}
     stream = io.StringIO()
     writer = csv.DictWriter(stream, columns, lineterminator="\n")
     writer.writeheader()
@@ -288,16 +342,9 @@ def ranking_csv(ranking: list[dict]) -> str:
         line = {"rank": position, "row": entry["row"], "base": entry["base"] or "",
                 "seeds": " ".join(map(str, entry["seeds"]))}
         for key, _ in METRICS:
-            delta = entry.get(f"delta_{key}")
-            line.update({f"{key}_mean": f"{entry[key].mean:.2f}", f"{key}_std": f"{entry[key].spread:.2f}",
-                         f"delta_{key}_mean": "" if delta is None else f"{delta.mean:.2f}",
-                         f"delta_{key}_std": "" if delta is None else f"{delta.spread:.2f}"})
-        for key in ("crown_verified", "clean"):
-            test = entry.get(f"paired_{key}")
-            if test is not None:
-                line.update({f"paired_{key}_difference": f"{test.difference:.2f}",
-                             f"paired_{key}_low": f"{test.low:.2f}", f"paired_{key}_high": f"{test.high:.2f}",
-                             f"paired_{key}_p": f"{test.p_value:.3g}"})
+            line.update({f"{key}_mean": f"{entry[key].mean:.2f}", f"{key}_std": f"{entry[key].spread:.2f}"})
+        line.update(_difference_values(entry["versus_base"]))
+        line.update(_difference_values(by_row.get(entry["row"]), "first_minus_"))
         writer.writerow(line)
     return stream.getvalue()
 
@@ -318,9 +365,10 @@ def runs_csv(settings: Settings, results: dict[tuple[str, int], dict]) -> str:
 def write_tables(settings: Settings, results: dict[tuple[str, int], dict], out: Path) -> str:
     """runs.csv, ranking.csv and ranking.md from the finished runs; returns the Markdown table."""
     ranking = rank(settings, results)
-    table = ranking_markdown(settings, ranking)
+    against_first = versus_first(settings, results, ranking)
+    table = ranking_markdown(settings, ranking, against_first)
     atomic_write_text(out / RUNS_CSV, runs_csv(settings, results))
-    atomic_write_text(out / RANKING_CSV, ranking_csv(ranking))
+    atomic_write_text(out / RANKING_CSV, ranking_csv(ranking, against_first))
     atomic_write_text(out / RANKING_MD, table)
     return table
 
@@ -357,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", default="mnist-eps0.1-dm-small", help="recipe name or file")
     parser.add_argument("--scale", default="cpu", help="recipe scale: cpu or full")
     parser.add_argument("--configs", default=",".join(DEFAULT_GRID), help="comma-separated rows, as maar reproduce")
-    parser.add_argument("--seeds", default="0,1", help="comma-separated seeds")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--count", type=int, default=1000, help="validation images for clean, IBP and PGD")
     parser.add_argument("--crown-count", type=int, default=500, help="of them, the first N bounded by CROWN")
     parser.add_argument("--pgd-steps", type=int, default=20)

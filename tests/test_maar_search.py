@@ -72,8 +72,15 @@ def test_tiny_search_scores_ranks_and_resumes(tmp_path):
         assert float(maar[f"delta_{key}_mean"]) == round(difference, 2)
         assert float(maar[f"paired_{key}_difference"]) == round(difference, 2)
     better = max(ranking.values(), key=lambda row: (float(row["crown_verified_mean"]), float(row["clean_mean"])))
-    assert better["rank"] == "1"
-    assert "| 1 | `" + better["row"] + "` |" in (out / "ranking.md").read_text()
+    worse = next(row for row in ranking.values() if row is not better)
+    assert (better["rank"], worse["rank"]) == ("1", "2")
+    assert better["first_minus_delta_clean_mean"] == ""
+    for key in ("crown_verified", "clean"):
+        difference = float(runs[better["row"]][key]) - float(runs[worse["row"]][key])
+        assert float(worse[f"first_minus_paired_{key}_difference"]) == round(difference, 2)
+    table = (out / "ranking.md").read_text()
+    assert "| 1 | `" + better["row"] + "` |" in table
+    assert f"`{better['row']}` minus each other setting" in table and f"| `{worse['row']}` | 0 |" in table
 
     # Rerunning skips what is done; a run whose score is missing is scored again, not trained again.
     (out / "runs" / RUN_NAMES[1] / "validation.json").unlink()
