@@ -129,8 +129,8 @@ reproduce-gpu: install
 		--out $(CPU_RESULTS)/mnist-eps0.3-dm-small-h100
 	$(BIN)/maar report $(CPU_RESULTS)/mnist-eps0.3-dm-small-h100
 
-# MAAR's settings over SABR and MTL-IBP ranked on held-out training images (docs/maar-search.md): 20 runs at
-# CPU scale, about 1.5 hours on 2 busy cores; resumable, and finished runs of the same options in the work
+# MAAR's settings over SABR and MTL-IBP ranked on held-out training images (docs/maar-search.md): 33 runs at
+# CPU scale, 1.5-3 hours on 2 busy cores; resumable, and finished runs of the same options in the work
 # folder (e.g. copied from a `maar reproduce` folder's runs/) are scored, not trained again.
 SEARCH_OUT ?= benchmarks/results/maar-search-mnist-eps0.1
 maar-search: install
