@@ -24,7 +24,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from maar_plugin.training.config import TrainConfig, build_config
 from maar_plugin.training.evaluate import crown_verified, evaluate_robustness
 from maar_plugin.training.evaluate_run import VALIDATION_COUNT, evaluation_images, misclassified_indices
 from maar_plugin.training.loop import train
-from maar_plugin.training.recipe import load_recipe
+from maar_plugin.training.recipe import Recipe, load_recipe
 from maar_plugin.training.run_files import CONFIG_NAME, load_trained_model, training_state
 
 # The grid, in the order it runs: SABR and MTL-IBP (the strongest bases at MNIST ε = 0.1, CPU scale) with
@@ -110,10 +110,10 @@ def training_overrides(pairs: list[str]) -> dict:
     return overrides
 
 
-def search_config(settings: Settings, row: Row, seed: int) -> TrainConfig:
+def search_config(recipe: Recipe, training: dict, row: Row, seed: int) -> TrainConfig:
     """The recipe's configuration of one row and seed, with the search's training overrides."""
-    config = run_config(load_recipe(settings.recipe, settings.scale), row, seed, "cpu")
-    return build_config(config.to_dict(), settings.training) if settings.training else config
+    config = run_config(recipe, row, seed, "cpu")
+    return build_config(config.to_dict(), training) if training else config
 
 
 def write_settings(out: Path, settings: Settings) -> None:
@@ -128,8 +128,7 @@ def write_settings(out: Path, settings: Settings) -> None:
         if differing:
             raise MaarError(f"{out} holds a search with other {', '.join(differing)}: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({**settings.__dict__, "rows": list(settings.rows),
-                                        "seeds": list(settings.seeds)}, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(asdict(settings), indent=2) + "\n")
 
 
 def scored(run_out: Path, settings: Settings) -> bool:
@@ -179,12 +178,11 @@ def score_run(run_dir: Path, settings: Settings) -> dict:
             "crown_unverified": (~verified).nonzero().flatten().tolist()}
 
 
-def run_one(settings: Settings, row: Row, seed: int, out: Path, work: Path, log) -> dict:
-    """Train and score one (row, seed), each stage skipped when finished; returns its results."""
-    name = row.run_name(seed)
+def run_one(settings: Settings, config: TrainConfig, name: str, out: Path, work: Path, log) -> dict:
+    """Train and score one run, each stage skipped when finished; returns its results."""
     run_dir, run_out = work / name, out / "runs" / name
     if not scored(run_out, settings):
-        train_run(search_config(settings, row, seed), run_dir, log)
+        train_run(config, run_dir, log)
         started = time.perf_counter()
         results = score_run(run_dir, settings)
         results.update(training_record(run_dir), score_wall_s=time.perf_counter() - started,
@@ -375,18 +373,21 @@ def write_tables(settings: Settings, results: dict[tuple[str, int], dict], out: 
 
 def search(settings: Settings, out: Path, work: Path, log=print) -> str:
     """Train and score every (row, seed) not finished yet, then rank; returns the ranking as Markdown."""
-    write_settings(out, settings)
     rows = parse_rows(",".join(settings.rows))
     for row in rows:  # fail before training on a row whose base is missing
         base = maar_base(row.label)
         if base is not None and base not in settings.rows:
             raise MaarError(f"{row.label}: its base {base} is not among the rows; add it")
+    recipe = load_recipe(settings.recipe, settings.scale)
     tasks = [(row, seed) for row in rows for seed in settings.seeds]
+    configs = {(row.label, seed): search_config(recipe, settings.training, row, seed) for row, seed in tasks}
+    write_settings(out, settings)
     results: dict[tuple[str, int], dict] = {}
     started, worked = time.perf_counter(), 0
     for done, (row, seed) in enumerate(tasks, start=1):
         fresh = not scored(out / "runs" / row.run_name(seed), settings)
-        results[row.label, seed] = result = run_one(settings, row, seed, out, work, log)
+        results[row.label, seed] = result = run_one(settings, configs[row.label, seed], row.run_name(seed), out,
+                                                    work, log)
         worked += fresh
         elapsed = time.perf_counter() - started
         remaining = sum(not scored(out / "runs" / later.run_name(s), settings) for later, s in tasks[done:])
