@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-slow lint test-lirpa bench gpu-wheels reproduce-cpu reproduce-cpu-bases reproduce-gpu \
-	clean
+	maar-search clean
 
 install: $(STAMP)
 
@@ -128,6 +128,13 @@ reproduce-gpu: install
 		--objectives ibp,maar-ibp:weighting=hard,crown-ibp,maar-crown-ibp:weighting=hard \
 		--out $(CPU_RESULTS)/mnist-eps0.3-dm-small-h100
 	$(BIN)/maar report $(CPU_RESULTS)/mnist-eps0.3-dm-small-h100
+
+# MAAR's settings over SABR and MTL-IBP ranked on held-out training images (docs/maar-search.md): 33 runs at
+# CPU scale, 1.5-3 hours on 2 busy cores; resumable, and finished runs of the same options in the work
+# folder (e.g. copied from a `maar reproduce` folder's runs/) are scored, not trained again.
+SEARCH_OUT ?= benchmarks/results/maar-search-mnist-eps0.1
+maar-search: install
+	nice -n 5 $(BIN)/python benchmarks/maar_search.py --out $(SEARCH_OUT) --work $(CPU_RESULTS)/maar-search-runs
 
 clean:
 	rm -rf $(VENV) $(LIRPA_VENV) demo-out

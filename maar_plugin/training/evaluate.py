@@ -55,24 +55,25 @@ def evaluate_robustness(
     accuracies = {name: 100.0 * count / len(images) for name, count in counts.items()}
     crown_count = len(images) if crown_count is None else min(crown_count, len(images))
     if crown_count > 0:
-        verified = _count_crown_verified(
-            model, images[:crown_count], labels[:crown_count], eps, num_classes, crown_batch_size
-        )
-        accuracies["crown_verified"] = 100.0 * verified / crown_count
+        verified = crown_verified(model, images[:crown_count], labels[:crown_count], eps, num_classes, crown_batch_size)
+        accuracies["crown_verified"] = 100.0 * int(verified.sum()) / crown_count
     return accuracies
 
 
-def _count_crown_verified(
-    model: nn.Module, images: Tensor, labels: Tensor, eps: float, num_classes: int, batch_size: int
-) -> int:
+def crown_verified(
+    model: nn.Module, images: Tensor, labels: Tensor, eps: float, num_classes: int, batch_size: int = 32
+) -> Tensor:
+    """Per image, whether CROWN (auto_LiRPA) proves every margin positive over the ε-ball and the image is
+    classified correctly: a boolean tensor [N], for paired comparisons of two networks image by image."""
     from maar_plugin.bounds.lirpa import LirpaBounds  # auto_LiRPA only where CROWN-verified accuracy is asked for
 
+    model.eval()
     bounder = LirpaBounds(model, images[:1])
-    verified = 0
+    verified = []
     for start in range(0, len(images), batch_size):
         x, y = images[start : start + batch_size], labels[start : start + batch_size]
         lower, upper = linf_ball_box(x, eps)
         with torch.no_grad():
             margin_lower, _ = bounder.bounds(lower, upper, margin_spec(y, num_classes), "CROWN")
-        verified += int((verified_by_margins(margin_lower) & _clean_correct(model, x, y)).sum())
-    return verified
+        verified.append(verified_by_margins(margin_lower) & _clean_correct(model, x, y))
+    return torch.cat(verified)
