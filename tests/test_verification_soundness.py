@@ -361,7 +361,8 @@ def test_pgd_attacks_every_open_disjunct(tmp_path):
     options = VerifyOptions(timeout=30, pgd_steps=20, pgd_restarts=1)
     for seed in range(8):
         torch.manual_seed(seed)
-        cascade = Cascade(loaded, read_vnnlib_cases(vnnlib, 2, 2), options, deadline=time.monotonic() + 30)
+        cascade = Cascade(loaded, read_vnnlib_cases(vnnlib, 2, 2), options, deadline=time.monotonic() + 30,
+                          timeout=30)
         (case,) = cascade.cases
         assert cascade.attack(case, restarts=1), seed
         x, y = case.counterexample
