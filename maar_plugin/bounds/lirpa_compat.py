@@ -97,22 +97,25 @@ def clamp_stops_gradient_at_bounds() -> bool:
 
 
 def relu_mask_alpha(lower, upper, lb_lower_d, ub_lower_d, leaky_alpha: float = 0.0):
-    """auto_LiRPA's ``BoundRelu._relu_mask_alpha`` (0.3 to 0.7) with ``clamp_passing_gradient`` for ``torch.clamp``.
+    """Stands in for ``BoundRelu._relu_mask_alpha`` (same arguments and results from auto_LiRPA 0.3 to 0.7).
 
-    Adapted from auto_LiRPA (BSD-3-Clause, Copyright (C) 2021-2026 The α,β-CROWN Team; its notice is in LICENSE).
+    Per neuron, the slope of the ReLU's lower relaxation: the optimised slope where the ReLU is unstable,
+    projected onto [leaky_alpha, 1] by :func:`clamp_passing_gradient` (so that a slope at a bound still
+    moves); 1 where it is active (``lower >= 0``); ``leaky_alpha`` where it is inactive (``upper <= 0``).
+    The last result says whether every neuron is inactive (no coefficients to carry), never with a leak.
     """
-    lower_mask = (lower >= 0).requires_grad_(False).to(lower.dtype)
-    upper_mask = (upper <= 0).requires_grad_(False)
-    zero_coeffs = False if leaky_alpha > 0 else upper_mask.all()
-    no_mask = (1.0 - lower_mask) * (1.0 - upper_mask.to(upper.dtype))
-    slopes = []
-    for slope in (lb_lower_d, ub_lower_d):
-        if slope is not None:
-            slope = clamp_passing_gradient(slope, leaky_alpha, 1.0) * no_mask + lower_mask
-            if leaky_alpha > 0:
-                slope = slope + upper_mask * leaky_alpha
-        slopes.append(slope)
-    return slopes[0], slopes[1], zero_coeffs
+    active = (lower >= 0).to(lower.dtype)
+    inactive = upper <= 0
+    unstable = (1.0 - active) * (1.0 - inactive.to(upper.dtype))
+
+    def projected(slope):
+        if slope is None:
+            return None
+        slope = clamp_passing_gradient(slope, leaky_alpha, 1.0) * unstable + active
+        return slope + inactive * leaky_alpha if leaky_alpha > 0 else slope
+
+    all_inactive = False if leaky_alpha > 0 else inactive.all()
+    return projected(lb_lower_d), projected(ub_lower_d), all_inactive
 
 
 def _patch_torch_internals() -> None:
