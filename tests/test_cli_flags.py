@@ -75,26 +75,25 @@ def test_maar_weighting_has_one_default_which_the_recipes_and_demo_use():
     assert DEMO_TRAINING["objective_args"].get("weighting", default) == default
 
 
+def _verified(csv, out, *flags: str) -> list[dict]:
+    """The log records of `maar verify --instances CSV --out OUT FLAGS` (which must succeed)."""
+    result = CliRunner().invoke(cli, ["verify", "--instances", str(csv), "--out", str(out), *flags, *FAST_FLAGS])
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
 def test_verify_timeout_overrides_the_csv(benchmark, tmp_path):
     """The csv's timeout (1 µs) leaves `never` open; --timeout replaces it for every instance."""
     csv = benchmark / "instances.csv"
     csv.write_text("../models/net.onnx,always.vnnlib,0.000001\n../models/net.onnx,never.vnnlib,0.000001\n")
-    out = tmp_path / "results"
-    result = CliRunner().invoke(cli, ["verify", "--instances", str(csv), "--out", str(out), "--timeout", "20",
-                                      *FAST_FLAGS])
-    assert result.exit_code == 0, result.output
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    records = _verified(csv, tmp_path / "results", "--timeout", "20")
     assert [(r["verdict"], r["timeout"]) for r in records] == [("sat", 20.0), ("unsat", 20.0)]
 
 
 def test_retry_open_zero_means_no_second_pass(benchmark, tmp_path):
     csv = benchmark / "instances.csv"
     csv.write_text("../models/net.onnx,never.vnnlib,0.000001\n")
-    out = tmp_path / "results"
-    result = CliRunner().invoke(cli, ["verify", "--instances", str(csv), "--out", str(out), "--retry-open", "0",
-                                      *FAST_FLAGS])
-    assert result.exit_code == 0, result.output
-    assert [json.loads(line)["verdict"] for line in (out / "log.jsonl").read_text().splitlines()] == ["timeout"]
+    assert [r["verdict"] for r in _verified(csv, tmp_path / "results", "--retry-open", "0")] == ["timeout"]
     for command in (["verify", "--instances", str(csv)], ["certify", str(tmp_path), "--eps", "0.1"],
                     ["reproduce", "--recipe", "mnist-eps0.1-dm-small"]):  # refused before any work starts
         negative = CliRunner().invoke(cli, [*command, "--out", str(tmp_path / "other"), "--retry-open", "-1"])
