@@ -63,7 +63,8 @@ class InputSplitSearch:
         disjunct = torch.arange(count, device=self.lower.device)
         visited = iterations = 0
         undecided = ""
-        seconds_per_box = 0.0   # of the last iteration: the next batch is cut to ITERATION_SECONDS and the deadline
+        last_started: float | None = None  # the last iteration's start and boxes: its time sizes the next batch
+        take = 0
         while disjunct.numel():
             if time.monotonic() > deadline:
                 return BabOutcome("timeout", domains=visited, iterations=iterations,
@@ -71,18 +72,18 @@ class InputSplitSearch:
             if disjunct.numel() > self.max_domains:
                 return BabOutcome("unknown", domains=visited, iterations=iterations,
                                   message=f"more than {self.max_domains} open input boxes (memory limit)")
-            take = min(self.batch, disjunct.numel())
-            if seconds_per_box > 0:
-                seconds = min(ITERATION_SECONDS, deadline - time.monotonic())
-                take = max(1, min(take, int(seconds / seconds_per_box)))
-            iteration_started = time.monotonic()
+            now = time.monotonic()
+            limit = self.batch
+            if last_started is not None and now > last_started:
+                seconds_per_box = (now - last_started) / take
+                limit = max(1, min(limit, int(min(ITERATION_SECONDS, deadline - now) / seconds_per_box)))
+            take, last_started = min(limit, disjunct.numel()), now
             box_lower, box_upper, box_disjunct = lower[-take:], upper[-take:], disjunct[-take:]
             lower, upper, disjunct = lower[:-take], upper[:-take], disjunct[:-take]
             visited += take
             iterations += 1
             box_lower, box_upper, box_disjunct, margin = self.bound_and_clip(box_lower, box_upper, box_disjunct)
             if not box_disjunct.numel():
-                seconds_per_box = (time.monotonic() - iteration_started) / take
                 continue
             centre = ((box_lower + box_upper) / 2).requires_grad_(True)
             with torch.enable_grad():
@@ -115,7 +116,6 @@ class InputSplitSearch:
             lower = torch.cat([lower, box_lower, right_lower])
             upper = torch.cat([upper, left_upper, box_upper])
             disjunct = torch.cat([disjunct, box_disjunct, box_disjunct])
-            seconds_per_box = (time.monotonic() - iteration_started) / take
         if undecided:
             return BabOutcome("unknown", domains=visited, iterations=iterations, message=undecided)
         return BabOutcome("proved", domains=visited, iterations=iterations)
