@@ -294,6 +294,7 @@ class BranchAndBound:
         relu_bounds, split_signs = self._relu_bounds(domains.signs)
         lower, upper = self.lower.expand(batch, -1), self.upper.expand(batch, -1)
         self._refine(relu_bounds, lower, upper)
+        relu_bounds = self.engine.lines(relu_bounds)      # made once for the optimisation steps below
         slopes = {relu: adaptive_lower_slope(*self.root[relu]) for relu in self.engine.relus}
         dtype = self.engine.dtype
         alpha = domains.alpha.permute(1, 0, 2).to(dtype).requires_grad_(True)   # [R, B, U]
