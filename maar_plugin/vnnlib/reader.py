@@ -241,7 +241,7 @@ class _Reader:
         if not isinstance(expression, _List):
             return self.atom(expression, line)
         operator = self.head(expression, line)
-        operands = [self.term(operand, operand_line) for operand, operand_line in zip(expression[1:], expression.lines[1:])]
+        operands = [self.term(*operand) for operand in zip(expression[1:], expression.lines[1:])]
         if not operands:
             raise self.fail(expression.line, f"'{operator}' without operands")
         if operator == "+":

@@ -26,6 +26,7 @@ CROWN, α-CROWN with intermediate bounds in patches mode) stay auto_LiRPA's, and
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -76,7 +77,7 @@ class ReluLines:
         return self.default.lower_slope if alpha is None else torch.where(self.unstable, alpha, self.active)
 
 
-ActivationBounds = dict[int, "tuple[Tensor, Tensor] | ReluLines"]
+ActivationBounds = Mapping[int, "tuple[Tensor, Tensor] | ReluLines"]
 
 
 class SplitBoundEngine:
@@ -110,7 +111,7 @@ class SplitBoundEngine:
         """Outputs [batch, num_outputs] of flat inputs, in the engine's dtype."""
         return self.graph(x.to(self.dtype))
 
-    def lines(self, relu_bounds: ActivationBounds) -> ActivationBounds:
+    def lines(self, relu_bounds: ActivationBounds) -> dict[int, tuple[Tensor, Tensor] | ReluLines]:
         """``relu_bounds`` with each ReLU's (l, u) replaced by its :class:`ReluLines`, for passes that reuse them."""
         return {index: ReluLines.over(*bounds) if index in self.relu_inputs and isinstance(bounds, tuple) else bounds
                 for index, bounds in relu_bounds.items()}
@@ -154,7 +155,9 @@ class SplitBoundEngine:
                 _accumulate(coefficients, node.inputs[0], A_in)
                 continue
             if index in self.s_shaped:
-                A_in, bias = s_shaped_relaxation(self.s_shaped[index], *relu_bounds[index]).backward(A)
+                bounds = relu_bounds[index]
+                assert isinstance(bounds, tuple), "Sigmoid/Tanh bounds are (l, u)"
+                A_in, bias = s_shaped_relaxation(self.s_shaped[index], *bounds).backward(A)
                 constant = constant + bias
                 magnitude = magnitude + bias.abs()
                 _accumulate(coefficients, node.inputs[0], A_in)
