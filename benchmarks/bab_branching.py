@@ -2,15 +2,16 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bab_branching.py --variants intercept fsb \\
         fsb:branching_candidates=1:iterations=4 [--suites conv residual 256x2 256x4] \\
-        [--mnist PATH/mnist_fc] [--timeout 30] [--out DIR]
+        [--mnist PATH/mnist_fc] [--instances CSV] [--timeout 30] [--out DIR]
 
 A variant is a branching strategy, optionally followed by ``:option=value`` overrides of BabOptions.
 
 Suites: ``conv`` and ``residual``, the 16 seeded networks and properties of ``maar_plugin.testing.problems``
 that the tests use (branch and bound forced, as there); ``256x2``, the ten VNN-COMP 2022 mnist_fc 256x2 instances our
 cascade branches on; ``256x4``, all 30 of instances_256x4.csv (``--mnist`` is the benchmark's folder;
-nothing is downloaded). Each instance runs through `maar verify`'s cascade once per variant, the
-variants one after the other per instance, so that load on the machine hits them alike. Domains and
+nothing is downloaded); ``own``, every row of an ``instances.csv`` of your own (``--instances``, e.g. one
+``maar export`` wrote), at the timeout given here. Each instance runs through `maar verify`'s cascade once
+per variant, the variants one after the other per instance, so that load on the machine hits them alike. Domains and
 iterations are branch and bound's own counts (summed over the instance's input boxes), seconds the
 BaB stage's. A ``!`` marks an instance where two variants decided opposite verdicts (must not happen).
 ``--out`` writes the rows as CSV.
@@ -77,14 +78,27 @@ def seeded_cases(folder: Path, timeout: float) -> list[Case]:
 
 
 def mnist_cases(root: Path, suite: str, timeout: float) -> list[Case]:
+    """The suite's rows of the mnist_fc benchmark in either VNN-COMP layout (2022: instances.csv with onnx/ and
+    vnnlib/ folders; 2021: mnistfc_instances.csv)."""
     options = VerifyOptions(timeout=timeout)
+    listing = next((root / name for name in (f"instances_{suite}.csv", "instances.csv", "mnistfc_instances.csv")
+                    if (root / name).is_file()), None)
+    if listing is None:
+        raise SystemExit(f"{root}: no instances.csv or mnistfc_instances.csv (is it VNN-COMP's mnist_fc folder?)")
     cases = []
-    with open(root / f"instances_{suite}.csv") as handle:
-        for onnx, vnnlib, _ in csv.reader(handle):
+    with open(listing) as handle:
+        for onnx, vnnlib, *_ in csv.reader(handle):
             name = Path(vnnlib).stem
-            if suite == "256x4" or name in MNIST_256X2:
-                cases.append(Case(suite, f"{suite} {name}", root / onnx, root / vnnlib, options))
+            if Path(onnx).stem.endswith(suite) and (suite == "256x4" or name in MNIST_256X2):
+                cases.append(Case(suite, f"{suite} {name}", root / onnx.strip(), root / vnnlib.strip(), options))
     return cases
+
+
+def own_cases(csv_path: Path, timeout: float) -> list[Case]:
+    options = VerifyOptions(timeout=timeout)
+    with open(csv_path) as handle:
+        return [Case("own", Path(vnnlib).stem, csv_path.parent / onnx, csv_path.parent / vnnlib, options)
+                for onnx, vnnlib, *_ in csv.reader(handle)]
 
 
 def bab_options(base: BabOptions, variant: str) -> BabOptions:
@@ -118,18 +132,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", nargs="+", default=["intercept", "fsb"])
     parser.add_argument("--suites", nargs="+", default=["conv", "residual", "256x2", "256x4"],
-                        choices=["conv", "residual", "256x2", "256x4"])
+                        choices=["conv", "residual", "256x2", "256x4", "own"])
     parser.add_argument("--mnist", type=Path, help="VNN-COMP 2022 mnist_fc folder (for 256x2, 256x4)")
+    parser.add_argument("--instances", type=Path, help="an instances.csv of your own (the suite 'own')")
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if {"256x2", "256x4"} & set(args.suites) and args.mnist is None:
         parser.error("--mnist is needed for the suites 256x2 and 256x4")
+    if "own" in args.suites and args.instances is None:
+        parser.error("--instances is needed for the suite own")
     with tempfile.TemporaryDirectory() as folder:
         cases = [case for case in seeded_cases(Path(folder), args.timeout) if case.suite in args.suites]
         for suite in ("256x2", "256x4"):
             if suite in args.suites:
                 cases += mnist_cases(args.mnist, suite, args.timeout)
+        if "own" in args.suites:
+            cases += own_cases(args.instances, args.timeout)
         print("   ".join(f"[{index}] {variant}" for index, variant in enumerate(args.variants)))
         header = f"{'instance':24}" + "".join(f" | [{i}] {'verdict':>7} {'domains':>7} {'iter':>5} {'BaB s':>6}"
                                                 for i in range(len(args.variants)))

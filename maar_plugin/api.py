@@ -2,7 +2,7 @@
 
 ``verify(model, spec)`` decides one :class:`~maar_plugin.verification.spec.VerificationSpec`;
 ``certify(model, inputs, labels, eps)`` decides the L∞ robustness of many points and counts clean,
-certified, falsified and open ones. Both run the cascade of ``maar verify`` (centre point, IBP, PGD, CROWN,
+certified, falsified and open ones. Both run the cascade of ``maar verify`` (centre point, IBP, CROWN, PGD,
 alpha-CROWN, branch and bound) with its :class:`~maar_plugin.verification.options.VerifyOptions`, on the CPU or
 a GPU as ``options.device`` says, on the module converted straight into the verifier's layer graph
 (:mod:`~maar_plugin.verification.network.module_import`). Every counterexample is confirmed on the module

@@ -221,7 +221,7 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
            out_dir: str | None, resume: bool, shard_text: str | None, retry_open: float | None, no_progress: bool,
            verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
-    """Verify ONNX + VNN-LIB instances completely: IBP, PGD, CROWN, alpha-CROWN, then branch and bound, or
+    """Verify ONNX + VNN-LIB instances completely: IBP, CROWN, PGD, alpha-CROWN, then branch and bound, or
     with α,β-CROWN (--verifier abcrown). Exits with status 1 when an instance's verdict is `error`."""
     import tempfile
     from dataclasses import replace

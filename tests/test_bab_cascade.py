@@ -14,6 +14,7 @@ from maar_plugin.testing.milp import exact_verdict
 from maar_plugin.testing.problems import ResidualNet, conv_net, export_onnx, mlp, robustness_property
 from maar_plugin.verification import load_onnx_graph, verify_instance
 from maar_plugin.verification.options import BabOptions
+from maar_plugin.verification.result import STAGES
 from maar_plugin.vnnlib.reader import read_vnnlib_cases
 
 BAB = replace(FAST, timeout=120, bab=BabOptions(input_split_max_inputs=0))
@@ -75,3 +76,20 @@ def test_residual_chain_is_the_same_function():
     with torch.no_grad():
         assert torch.allclose(model(x), model.as_chain()(x), atol=1e-5)
     assert isinstance(model.as_chain(), nn.Sequential)
+
+
+def test_crown_runs_before_the_attack_and_alpha_crown_after(tmp_path):
+    """Stages run in STAGES order; an instance CROWN proves never pays for PGD, and a counterexample PGD
+    finds was first tried by CROWN (which cannot refute a satisfiable disjunct)."""
+    decided_by: dict[str | None, int] = {}
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        model = mlp(seed)
+        onnx_path = export_onnx(model, tmp_path / f"net{seed}.onnx", (1, 4))
+        prop = robustness_property(tmp_path / f"p{seed}.vnnlib", model, (1, 4), rng, float(rng.uniform(0.05, 0.4)))
+        result = verify_instance(onnx_path, prop, options=BAB)
+        ran = list(result.stage_verdicts)
+        assert ran == list(STAGES[:len(ran)]), ran
+        assert ("pgd" in ran) == (result.stage not in ("centre", "IBP", "CROWN")), (result.stage, ran)
+        decided_by[result.stage] = decided_by.get(result.stage, 0) + 1
+    assert decided_by.get("CROWN", 0) >= 1 and decided_by.get("pgd", 0) >= 1, decided_by

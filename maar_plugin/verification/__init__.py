@@ -14,7 +14,7 @@ The flow, one subpackage per concern:
 - :mod:`.search`: the complete search. ``bab``: batched branch and bound on ReLU splits (``branching``
   picks the splits, ``pattern_lp`` decides fully split domains exactly); ``input_split``: branch and bound
   on the input box for networks with few inputs.
-- :mod:`.run`: running and recording instances. ``cascade`` runs centre point, IBP, PGD, CROWN,
+- :mod:`.run`: running and recording instances. ``cascade`` runs centre point, IBP, CROWN, PGD,
   alpha-CROWN, then branch and bound on one instance (``models`` loads each network once per run);
   ``batch`` verifies many into a results folder (``records``: result files, log, summary), whole or as one
   ``shard``; ``tables`` prints what a folder holds.

@@ -7,7 +7,7 @@ from typing import Literal, get_args
 import numpy as np
 
 Verdict = Literal["unsat", "sat", "unknown", "timeout", "error"]
-Stage = Literal["centre", "IBP", "pgd", "CROWN", "alpha-CROWN", "BaB"]
+Stage = Literal["centre", "IBP", "CROWN", "pgd", "alpha-CROWN", "BaB"]
 StageState = Literal["proved", "falsified", "open"]
 
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)

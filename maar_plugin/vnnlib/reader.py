@@ -34,23 +34,21 @@ _MAX_DISJUNCTS = 100_000
 Variable = tuple[str, int]  # ("X", i) or ("Y", j)
 
 
-class _Atom(str):
-    """A token with the line it came from."""
-
-    line: int
-
-    def __new__(cls, text: str, line: int) -> _Atom:
-        atom = super().__new__(cls, text)
-        atom.line = line
-        return atom
+_Atom = str  # a token; the line it came from is in its enclosing _List's ``lines``
 
 
 class _List(list):
-    """A parenthesised s-expression with the line of its opening parenthesis."""
+    """A parenthesised s-expression with the line of its opening parenthesis and, in ``lines``, the line of
+    each element (plain strings for atoms: far cheaper than a string subclass that carries its line)."""
 
     def __init__(self, line: int) -> None:
         super().__init__()
         self.line = line
+        self.lines: list[int] = []
+
+    def add(self, element: _List | _Atom, line: int) -> None:
+        self.append(element)
+        self.lines.append(line)
 
 
 @dataclass
@@ -130,9 +128,12 @@ class _Reader:
                 if not stack:
                     raise self.fail(line, "unbalanced parentheses: ')' without '('")
                 finished = stack.pop()
-                (stack[-1] if stack else top).append(finished)
+                if stack:
+                    stack[-1].add(finished, finished.line)
+                else:
+                    top.append(finished)
             elif stack:
-                stack[-1].append(_Atom(token, line))
+                stack[-1].add(token, line)
             else:
                 raise self.fail(line, f"'{token}' outside parentheses")
         if stack:
@@ -144,13 +145,13 @@ class _Reader:
         common: list[_Constraint] = []  # asserts without a disjunction, conjoined in place
         disjunctive: list[list[list[_Constraint]]] = []  # asserts with several disjuncts
         for command in self.parse(text):
-            head = self.head(command)
+            head = self.head(command, command.line)
             if head == "declare-const":
                 self.declare(command)
             elif head == "assert":
                 if len(command) != 2:
                     raise self.fail(command.line, "assert takes exactly one formula")
-                dnf = self.formula(command[1])
+                dnf = self.formula(command[1], command.lines[1])
                 if len(dnf) == 1:
                     common.extend(dnf[0])
                 else:
@@ -160,14 +161,14 @@ class _Reader:
         self.check_declarations()
         return self.properties(common, disjunctive)
 
-    def head(self, expression: _List | _Atom) -> str:
-        if isinstance(expression, _Atom) or not expression or not isinstance(expression[0], _Atom):
-            line = expression.line
+    def head(self, expression: _List | _Atom, line: int) -> str:
+        """The operator of ``expression`` (which starts on ``line``)."""
+        if not isinstance(expression, _List) or not expression or isinstance(expression[0], _List):
             raise self.fail(line, f"expected '(operator ...)', found '{self.show(expression)}'")
-        return str(expression[0])
+        return expression[0]
 
     def declare(self, command: _List) -> None:
-        if len(command) != 3 or command[2] != "Real" or not isinstance(command[1], _Atom):
+        if len(command) != 3 or command[2] != "Real" or isinstance(command[1], _List):
             raise self.fail(command.line, f"expected '(declare-const X_i Real)', found '{self.show(command)}'")
         match = _VARIABLE.fullmatch(command[1])
         if not match:
@@ -192,19 +193,19 @@ class _Reader:
                 raise self.fail(1, f"declares {len(indices)} {what}, the model has {expected}")
 
     # ---- formulas ------------------------------------------------------------------------------
-    def formula(self, expression: _List | _Atom) -> list[list[_Constraint]]:
+    def formula(self, expression: _List | _Atom, line: int) -> list[list[_Constraint]]:
         """Disjunctive normal form: a list of disjuncts, each a list of constraints ``linear <= 0``."""
-        operator = self.head(expression)
+        operator = self.head(expression, line)
         assert isinstance(expression, _List)  # head() raised otherwise
-        arguments = expression[1:]
+        arguments = list(zip(expression[1:], expression.lines[1:]))
         if operator in ("and", "or") and not arguments:
             raise self.fail(expression.line, f"'{operator}' without arguments")
         if operator == "or":
-            dnf = [disjunct for argument in arguments for disjunct in self.formula(argument)]
+            dnf = [disjunct for argument in arguments for disjunct in self.formula(*argument)]
         elif operator == "and":
             dnf = [[]]
             for argument in arguments:
-                part = self.formula(argument)
+                part = self.formula(*argument)
                 if len(part) == 1:  # the common case: extend in place instead of copying
                     for disjunct in dnf:
                         disjunct.extend(part[0])
@@ -221,7 +222,7 @@ class _Reader:
     def comparison(self, operator: str, expression: _List) -> list[_Constraint]:
         if len(expression) != 3:
             raise self.fail(expression.line, f"'{operator}' needs exactly two operands")
-        left, right = self.term(expression[1]), self.term(expression[2])
+        left, right = self.term(expression[1], expression.lines[1]), self.term(expression[2], expression.lines[2])
         less = left.plus(right.scaled(-1.0))  # left - right
         line = expression.line
         if operator in ("<=", "<"):
@@ -236,11 +237,11 @@ class _Reader:
                 raise self.fail(line, "comparison between constants (no variable left)")
         return constraints
 
-    def term(self, expression: _List | _Atom) -> _Linear:
-        if isinstance(expression, _Atom):
-            return self.atom(expression)
-        operator = self.head(expression)
-        operands = [self.term(operand) for operand in expression[1:]]
+    def term(self, expression: _List | _Atom, line: int) -> _Linear:
+        if not isinstance(expression, _List):
+            return self.atom(expression, line)
+        operator = self.head(expression, line)
+        operands = [self.term(*operand) for operand in zip(expression[1:], expression.lines[1:])]
         if not operands:
             raise self.fail(expression.line, f"'{operator}' without operands")
         if operator == "+":
@@ -264,16 +265,16 @@ class _Reader:
             return variables[0].scaled(factor) if variables else _Linear({}, factor)
         raise self.fail(expression.line, f"unsupported construct '{operator}'")
 
-    def atom(self, atom: _Atom) -> _Linear:
+    def atom(self, atom: _Atom, line: int) -> _Linear:
         if _NUMBER.fullmatch(atom):
             return _Linear({}, float(atom))
         match = _VARIABLE.fullmatch(atom)
         if match:
             variable = (match.group(1), int(match.group(2)))
             if variable not in self.declared:
-                raise self.fail(atom.line, f"unknown variable {atom} (not declared before use)")
+                raise self.fail(line, f"unknown variable {atom} (not declared before use)")
             return _Linear({variable: 1.0}, 0.0)
-        raise self.fail(atom.line, f"unknown variable or malformed number '{atom}'")
+        raise self.fail(line, f"unknown variable or malformed number '{atom}'")
 
     # ---- DNF to properties ---------------------------------------------------------------------
     def properties(self, common: list[_Constraint], disjunctive: list[list[list[_Constraint]]]) -> list[VnnlibProperty]:
@@ -342,8 +343,8 @@ class _Reader:
 
     @staticmethod
     def show(expression: _List | _Atom) -> str:
-        if isinstance(expression, _Atom):
-            return str(expression)
+        if not isinstance(expression, _List):
+            return expression
         text = "(" + " ".join(_Reader.show(e) for e in expression) + ")"
         return text if len(text) <= 60 else text[:57] + "..."
 

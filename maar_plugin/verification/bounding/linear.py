@@ -26,13 +26,14 @@ CROWN, α-CROWN with intermediate bounds in patches mode) stay auto_LiRPA's, and
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from maar_plugin.bounds.activations import s_shaped_relaxation
-from maar_plugin.bounds.layers import conv2d_backward, relu_relaxation
+from maar_plugin.bounds.layers import ReluRelaxation, conv2d_backward, relu_relaxation
 from maar_plugin.errors import MaarError
 from maar_plugin.verification.network.layers import AFFINE_MODULES, S_SHAPED_MODULES, Add, Concat, LayerGraph, Sub
 
@@ -56,6 +57,27 @@ class SplitBound:
     relu_coefficients: dict[int, Tensor]
     magnitude: Tensor
     input_coefficients: Tensor
+
+
+@dataclass(frozen=True)
+class ReluLines:
+    """A ReLU's relaxation over fixed input bounds, made once for the many passes of an optimisation that
+    change only the lower slopes α (``default`` has CROWN's adaptive lower slope)."""
+
+    unstable: Tensor
+    active: Tensor
+    default: ReluRelaxation
+
+    @staticmethod
+    def over(lower: Tensor, upper: Tensor) -> ReluLines:
+        return ReluLines((lower < 0) & (upper > 0), (lower >= 0).to(upper.dtype), relu_relaxation(lower, upper))
+
+    def lower_slope(self, alpha: Tensor | None) -> Tensor:
+        """α on the unstable neurons, the exact slope (1 or 0) on the stable ones."""
+        return self.default.lower_slope if alpha is None else torch.where(self.unstable, alpha, self.active)
+
+
+ActivationBounds = Mapping[int, "tuple[Tensor, Tensor] | ReluLines"]
 
 
 class SplitBoundEngine:
@@ -89,13 +111,19 @@ class SplitBoundEngine:
         """Outputs [batch, num_outputs] of flat inputs, in the engine's dtype."""
         return self.graph(x.to(self.dtype))
 
-    def bound(self, C: Tensor, lower: Tensor, upper: Tensor, relu_bounds: dict[int, tuple[Tensor, Tensor]],
+    def lines(self, relu_bounds: ActivationBounds) -> dict[int, tuple[Tensor, Tensor] | ReluLines]:
+        """``relu_bounds`` with each ReLU's (l, u) replaced by its :class:`ReluLines`, for passes that reuse them."""
+        return {index: ReluLines.over(*bounds) if index in self.relu_inputs and isinstance(bounds, tuple) else bounds
+                for index, bounds in relu_bounds.items()}
+
+    def bound(self, C: Tensor, lower: Tensor, upper: Tensor, relu_bounds: ActivationBounds,
               alphas: dict[int, Tensor] | None = None, betas: dict[int, Tensor] | None = None,
               split_signs: dict[int, Tensor] | None = None, start: int | None = None) -> SplitBound:
         """Lower bounds of ``C @ node(start)`` (default: the output) for every row and domain.
 
         ``C`` [R, B, *start_shape]; ``lower``/``upper`` [B, n] input boxes; ``relu_bounds`` maps each
-        ReLU node to (l, u) [B, *shape] of its input, split neurons already clamped at 0, and each Sigmoid
+        ReLU node to (l, u) [B, *shape] of its input, split neurons already clamped at 0 (or to their
+        :class:`ReluLines`, see :meth:`lines`), and each Sigmoid
         or Tanh node to its input bounds ([B or 1, *shape]). ``alphas``
         (lower-relaxation slopes) and ``betas`` (≥ 0) are [R, B, *shape] per ReLU; ``split_signs``
         [B, *shape] per ReLU: +1 active split, −1 inactive split, 0 none. Without ``alphas`` the slope
@@ -115,9 +143,10 @@ class SplitBoundEngine:
             node = nodes[index]
             if index in self.relu_inputs:
                 relu_coefficients[index] = A
-                l, u = relu_bounds[index]
+                lines = relu_bounds[index]
+                lines = lines if isinstance(lines, ReluLines) else ReluLines.over(*lines)
                 alpha = None if alphas is None else alphas.get(index)
-                A_in, bias = _relu_backward(A, l, u, alpha)
+                A_in, bias = _relu_backward(A, lines, alpha)
                 if betas is not None and index in betas:
                     assert split_signs is not None, "betas come with split_signs"
                     A_in = A_in - betas[index] * split_signs[index].to(self.dtype)
@@ -126,7 +155,9 @@ class SplitBoundEngine:
                 _accumulate(coefficients, node.inputs[0], A_in)
                 continue
             if index in self.s_shaped:
-                A_in, bias = s_shaped_relaxation(self.s_shaped[index], *relu_bounds[index]).backward(A)
+                bounds = relu_bounds[index]
+                assert isinstance(bounds, tuple), "Sigmoid/Tanh bounds are (l, u)"
+                A_in, bias = s_shaped_relaxation(self.s_shaped[index], *bounds).backward(A)
                 constant = constant + bias
                 magnitude = magnitude + bias.abs()
                 _accumulate(coefficients, node.inputs[0], A_in)
@@ -173,12 +204,11 @@ class SplitBoundEngine:
         return bounds
 
 
-def _relu_backward(A: Tensor, l: Tensor, u: Tensor, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
+def _relu_backward(A: Tensor, lines: ReluLines, alpha: Tensor | None) -> tuple[Tensor, Tensor]:
     """Coefficients on the ReLU's input and the constant term, for a lower bound of ``A · relu(z)``."""
-    relaxation = relu_relaxation(l, u, alpha)
     A_positive, A_negative = A.clamp(min=0), A.clamp(max=0)
-    A_in = A_positive * relaxation.lower_slope + A_negative * relaxation.upper_slope
-    bias = (A_negative * relaxation.upper_intercept).flatten(2).sum(-1)
+    A_in = A_positive * lines.lower_slope(alpha) + A_negative * lines.default.upper_slope
+    bias = (A_negative * lines.default.upper_intercept).flatten(2).sum(-1)
     return A_in, bias
 
 

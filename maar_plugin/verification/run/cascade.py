@@ -1,8 +1,9 @@
 """The verification cascade for one instance, cheapest stage first.
 
-centre point → IBP → PGD → CROWN → alpha-CROWN → BaB. Attacks look for a counterexample, which only
+centre point → IBP → CROWN → PGD → alpha-CROWN → BaB. Attacks look for a counterexample, which only
 counts once the reference model (onnxruntime on the original ONNX file) reproduces it, and aim at the
-disjuncts still open (IBP, ten times cheaper than PGD, goes first and refutes most); bound stages refute
+disjuncts still open (IBP and CROWN, cheaper than PGD on all but the largest networks, go first and refute
+most; PGD before alpha-CROWN, whose optimisation costs more than an attack); bound stages refute
 disjuncts (a disjunct ``C y <= d`` is empty when some row has lower bound of ``C_r y - d_r`` above a
 float32 tolerance). Then branch and bound decides what is left: on ReLU splits
 (:mod:`~maar_plugin.verification.search.bab`), from the bound stages' pre-activation bounds, or on the
@@ -109,7 +110,8 @@ class Cascade:
             self.try_counterexample(case, (case.prop.input_lower + case.prop.input_upper) / 2)
 
     def attack_all(self) -> None:
-        """PGD with ``pgd_restarts`` per open disjunct (more restarts wait until the bounds have failed)."""
+        """PGD with ``pgd_restarts`` per open disjunct that IBP and CROWN left (more restarts wait until every
+        bound stage has failed)."""
         for case in self.open_cases():
             self.attack(case)
 

@@ -294,6 +294,7 @@ class BranchAndBound:
         relu_bounds, split_signs = self._relu_bounds(domains.signs)
         lower, upper = self.lower.expand(batch, -1), self.upper.expand(batch, -1)
         self._refine(relu_bounds, lower, upper)
+        lines = self.engine.lines(relu_bounds)      # made once for the optimisation steps below
         slopes = {relu: adaptive_lower_slope(*self.root[relu]) for relu in self.engine.relus}
         dtype = self.engine.dtype
         alpha = domains.alpha.permute(1, 0, 2).to(dtype).requires_grad_(True)   # [R, B, U]
@@ -304,7 +305,7 @@ class BranchAndBound:
         best_alpha, best_beta = alpha.detach().clone(), beta.detach().clone()
         result = None
         for step in range(max(iterations, 1)):
-            result = self.engine.bound(C, lower, upper, relu_bounds, alphas=self._expand(domains.signs, alpha, slopes),
+            result = self.engine.bound(C, lower, upper, lines, alphas=self._expand(domains.signs, alpha, slopes),
                                        betas=self._expand(domains.signs, beta), split_signs=split_signs)
             margin = result.lower - offsets - thresholds - FLOAT32_ALLOWANCE * result.magnitude
             with torch.no_grad():
