@@ -123,7 +123,7 @@ reproduce-cpu-bases: install
 # reproduce-cpu-1000: does MAAR raise complete-certified accuracy? IBP, SABR, MTL-IBP, CC-IBP, MAAR (soft) over
 # each and MAAR's best setting over SABR on held-out training images (make maar-search), each certified on
 # 1,000 test images at 5 s per instance (--retry-open 0; open instances are counted and shown). Training is
-# 1 to 3 minutes a run; certification 8 to 25 minutes a run on one core (CC-IBP and MTL-IBP, whose networks
+# 1 to 4 minutes a run; certification 8 to 35 minutes a run on one core (CC-IBP and MTL-IBP, whose networks
 # IBP proves nothing of, take longest). Rerun to continue; --jobs 2 on 2 cores.
 ROWS_1000 := ibp,maar-ibp:weighting=soft,sabr,maar-sabr:weighting=soft,maar-sabr:lam=1:weighting=soft:kl_region=ball,mtl-ibp,maar-mtl-ibp:weighting=soft,cc-ibp,maar-cc-ibp:weighting=soft
 reproduce-cpu-1000: install
