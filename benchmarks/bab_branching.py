@@ -33,6 +33,7 @@ import numpy as np
 from maar_plugin.atomic import atomic_write_text
 from maar_plugin.testing.problems import ResidualNet, conv_net, export_onnx, robustness_property
 from maar_plugin.verification import ModelCache, VerifyOptions, verify_instance
+from maar_plugin.verification.instances import read_instances_csv
 from maar_plugin.verification.options import BabOptions
 from maar_plugin.verification.run import cascade
 from maar_plugin.verification.search.bab import BranchAndBound
@@ -85,20 +86,14 @@ def mnist_cases(root: Path, suite: str, timeout: float) -> list[Case]:
                     if (root / name).is_file()), None)
     if listing is None:
         raise SystemExit(f"{root}: no instances.csv or mnistfc_instances.csv (is it VNN-COMP's mnist_fc folder?)")
-    cases = []
-    with open(listing) as handle:
-        for onnx, vnnlib, *_ in csv.reader(handle):
-            name = Path(vnnlib).stem
-            if Path(onnx).stem.endswith(suite) and (suite == "256x4" or name in MNIST_256X2):
-                cases.append(Case(suite, f"{suite} {name}", root / onnx.strip(), root / vnnlib.strip(), options))
-    return cases
+    return [Case(suite, f"{suite} {row.vnnlib.stem}", row.onnx, row.vnnlib, options)
+            for row in read_instances_csv(listing)
+            if row.onnx.stem.endswith(suite) and (suite == "256x4" or row.vnnlib.stem in MNIST_256X2)]
 
 
 def own_cases(csv_path: Path, timeout: float) -> list[Case]:
     options = VerifyOptions(timeout=timeout)
-    with open(csv_path) as handle:
-        return [Case("own", Path(vnnlib).stem, csv_path.parent / onnx, csv_path.parent / vnnlib, options)
-                for onnx, vnnlib, *_ in csv.reader(handle)]
+    return [Case("own", row.vnnlib.stem, row.onnx, row.vnnlib, options) for row in read_instances_csv(csv_path)]
 
 
 def bab_options(base: BabOptions, variant: str) -> BabOptions:
