@@ -214,13 +214,17 @@ def export(run_dir: str | None, out: str, eps: float | None, count: int | None, 
 @click.option("--shard", "shard_text", metavar="K/N",
               help="verify only shard K of N (K = 0..N-1): the instances i with i mod N = K, e.g. one SLURM "
                    "array task; under torchrun each rank takes its shard from RANK/WORLD_SIZE")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="verify a batch in N local processes, one shard of the instances each, with an equal share "
+                   "of the CPU threads")
 @retry_open_option
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @dataclass_flags(VerifyOptions)
 @verifier_options
 def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | None, config_file: str | None,
-           out_dir: str | None, resume: bool, shard_text: str | None, retry_open: float | None, no_progress: bool,
-           verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None, **flags) -> None:
+           out_dir: str | None, resume: bool, shard_text: str | None, jobs: int, retry_open: float | None,
+           no_progress: bool, verifier_name: str, abcrown_checkout: str | None, abcrown_python: str | None,
+           **flags) -> None:
     """Verify ONNX + VNN-LIB instances completely: IBP, CROWN, PGD, alpha-CROWN, then branch and bound, or
     with α,β-CROWN (--verifier abcrown). Exits with status 1 when an instance's verdict is `error`."""
     import tempfile
@@ -238,6 +242,7 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         read_log,
         shard_from_env,
         stage_table,
+        verify_in_processes,
         verify_instances,
         wait_for_all_ranks,
     )
@@ -248,6 +253,9 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     rank_shard = shard_from_env()
     if shard_text and onnx_path:
         raise MaarError("--shard splits a batch of instances: give --instances or --abcrown-config")
+    if jobs > 1 and (onnx_path or shard_text or rank_shard):
+        raise MaarError("--jobs splits a batch of instances in local processes: give --instances or "
+                        "--abcrown-config, without --shard or torchrun")
     if shard_text and rank_shard:
         raise MaarError(f"--shard {shard_text} under torchrun (RANK/WORLD_SIZE set), which picks the shard itself: "
                         "give one of them")
@@ -277,8 +285,12 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
         options = replace(options, device=rank_device(options.device))  # one GPU per torchrun rank
     progress = not no_progress and not single and not (rank_shard and rank_shard.index > 0)
     with tempfile.TemporaryDirectory(prefix="maar-verify-") as scratch:
-        results = verify_instances(instances, out or scratch, resume=resume, options=options, progress=progress,
-                                   shard=shard, verifier=verifier, retry_open=retry_open)
+        if jobs > 1:
+            results = verify_in_processes(instances, out or scratch, jobs, resume=resume, options=options,
+                                          progress=progress, verifier=verifier, retry_open=retry_open)
+        else:
+            results = verify_instances(instances, out or scratch, resume=resume, options=options,
+                                       progress=progress, shard=shard, verifier=verifier, retry_open=retry_open)
     if single:
         (result,) = results
         click.echo(instance_table([result]))
@@ -300,6 +312,9 @@ def verify(onnx_path: str | None, vnnlib_path: str | None, instances_csv: str | 
     if shard and shard.count > 1:
         click.echo(f"shard {shard}: results in {out} (results/*.txt, log{shard.suffix}.jsonl, "
                    f"summary{shard.suffix}.csv); `maar report {out}` merges the shards")
+    elif jobs > 1:
+        click.echo(f"results of {jobs} processes in {out} (results/*.txt, log.shard-K-of-{jobs}.jsonl, "
+                   "merged summary.csv)")
     else:
         click.echo(f"results in {out} (results/*.txt, log.jsonl, summary.csv)")
 

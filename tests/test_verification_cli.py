@@ -72,6 +72,28 @@ def test_retry_open_verifies_only_open_instances_again(benchmark, tmp_path):
     assert again.exit_code == 0 and len((out / "log.jsonl").read_text().splitlines()) == 3
 
 
+def test_verify_jobs_splits_a_batch_over_processes_and_merges_it(benchmark, tmp_path):
+    """Two local processes, one shard each: the same verdicts as one process, shard logs, a merged summary."""
+    runner, csv = CliRunner(), str(benchmark / "instances.csv")
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = runner.invoke(cli, ["verify", "--instances", csv, "--out", str(one), *FAST_FLAGS])
+    split = runner.invoke(cli, ["verify", "--instances", csv, "--out", str(two), "--jobs", "2", *FAST_FLAGS])
+    assert single.exit_code == 0 and split.exit_code == 0, split.output
+    assert [(r.instance, r.verdict) for r in read_log(two)] == [(r.instance, r.verdict) for r in read_log(one)]
+    assert sorted(path.name for path in two.glob("log*.jsonl")) == ["log.shard-0-of-2.jsonl", "log.shard-1-of-2.jsonl"]
+    assert (two / "summary.csv").read_text().count("\n") == 3
+    assert "log.shard-K-of-2.jsonl" in split.output
+    refused = runner.invoke(cli, ["verify", "--instances", csv, "--out", str(two), "--jobs", "2", *FAST_FLAGS])
+    assert refused.exit_code == 1 and "--resume" in refused.output
+
+
+@pytest.mark.parametrize("extra", [["--onnx", "net.onnx", "--vnnlib", "p.vnnlib"],
+                                   ["--instances", "x.csv", "--shard", "0/2"]])
+def test_verify_jobs_needs_a_batch_without_shard(extra):
+    result = CliRunner().invoke(cli, ["verify", *extra, "--jobs", "2"])
+    assert result.exit_code == 1 and "--jobs splits a batch" in result.output
+
+
 def test_verify_single_instance_prints_verdict(benchmark):
     result = CliRunner().invoke(cli, ["verify", "--onnx", str(benchmark.parent / "models" / "net.onnx"),
                                       "--vnnlib", str(benchmark / "never.vnnlib"), "--timeout", "10", *FAST_FLAGS])
