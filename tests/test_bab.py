@@ -10,8 +10,8 @@ import torch
 
 from helpers import residual_conv_graph
 from maar_plugin.errors import MaarError
-from maar_plugin.testing.dense import AffineLayer, ReluNetwork
-from maar_plugin.testing.milp import milp_verdict
+from maar_plugin.testing.dense import AffineLayer, ReluNetwork, interval_preactivation_bounds
+from maar_plugin.testing.milp import milp_verdict, solve_disjunct
 from maar_plugin.testing.problems import branch_and_bound, near_tie_problem
 from maar_plugin.verification.bounding.linear import SplitBoundEngine
 from maar_plugin.verification.memory import MemoryBudget
@@ -135,6 +135,27 @@ def test_the_search_goes_on_while_the_domain_store_has_room_and_stops_when_it_is
     assert roomy.status == "proved", roomy.message
     _, full = branch_and_bound(*problem, options, timeout=60, max_domains=1)
     assert full.status == "unknown" and "memory limit" in full.message
+
+
+@pytest.mark.parametrize("max_domains", [1, 6])
+def test_a_search_stopped_with_open_domains_bounds_every_disjuncts_exact_margin_from_below(max_domains):
+    """Where the store fills on near ties, ``lowest`` is a lower bound of each disjunct's exact margin (MILP); a
+    disjunct none of whose domains is open gets 0 (all refuted)."""
+    checked = 0
+    for seed in range(8):
+        network, lower, upper, C, d = near_tie_problem(seed, [6, 16, 16, 3])
+        _, outcome = branch_and_bound(network, lower, upper, C, d, BabOptions(batch_size=2), timeout=30,
+                                      max_domains=max_domains)
+        if outcome.status != "unknown":
+            continue
+        assert outcome.lowest is not None and outcome.lowest.shape == (len(C),)
+        bounds = interval_preactivation_bounds(network, lower, upper)
+        exact = [solve_disjunct(network, bounds, lower, upper, C[k], d[k], 60, required_margin=1e9,
+                                refute_tolerance=1e9).objective for k in range(len(C))]
+        for k, margin in enumerate(outcome.lowest.tolist()):
+            assert margin <= exact[k] + 1e-5 * (1 + abs(exact[k])), (seed, k, margin, exact[k])
+        checked += int((outcome.lowest < 0).any())
+    assert checked >= 4
 
 
 def test_depth_first_takes_the_most_split_domains_lowest_bound_first():

@@ -188,8 +188,16 @@ def test_random_instances_agree_with_exact_reference(tmp_path):
         disjuncts = random_property(rng, model, lower, upper, outputs)
         vnnlib = write_vnnlib(tmp_path / f"p{trial}.vnnlib", lower, upper, outputs, disjuncts)
         result = verify_instance(onnx_path, vnnlib, options=FAST, cache=cache)
-        expected = reference_verdict([reference_min_all_binary(model, lower, upper, C, d) for C, d in disjuncts])
+        minimum = min(reference_min_all_binary(model, lower, upper, C, d) for C, d in disjuncts)
+        expected = reference_verdict([minimum])
         context = f"trial {trial}: {result.verdict} ({result.stage}) vs reference {expected}; {result.message}"
+        # the margin's bracket holds the exact margin (up to float32 rounding) and agrees with the verdict
+        slack = 1e-4 * (1 + abs(minimum))
+        assert (result.margin_lower is None) == (result.stage == "centre"), context   # no bound stage ran
+        assert result.margin_lower is None or result.margin_lower <= minimum + slack, context
+        assert result.margin_upper is None or minimum <= result.margin_upper + slack, context
+        assert result.verdict != "unsat" or result.margin_lower >= 0, context
+        assert result.verdict != "sat" or (result.margin_upper is not None and result.margin_upper <= 0), context
         if result.verdict == "sat":
             check_counterexample(result, onnx_path, lower, upper, disjuncts)
         if expected != "ambiguous":

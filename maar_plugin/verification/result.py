@@ -28,6 +28,11 @@ class InstanceResult:
     certifies the instance on its own (given the disjuncts the earlier bound stages refuted).
     ``timeout`` is the time limit the instance was verified with; ``traceback`` that of an unexpected
     failure (verdict ``error``), so that a log explains it.
+
+    ``margin_lower`` ≤ margin ≤ ``margin_upper`` bracket the property's margin, ``min`` over its input boxes
+    and unsafe disjuncts of ``min_box max_r (C_r y − d_r)`` (> 0: unsat; ≤ 0: sat): the lower end proven by
+    the bound stages and branch and bound, the upper end the least margin an attack point or counterexample
+    reached. For an open instance they say how far it is from being decided either way (None: not known).
     """
 
     instance: str
@@ -43,6 +48,8 @@ class InstanceResult:
     timeout: float | None = None
     traceback: str = ""
     counterexample: tuple[np.ndarray, np.ndarray] | None = None
+    margin_lower: float | None = None
+    margin_upper: float | None = None
 
     def log_record(self) -> dict:
         """The JSON-lines record (everything but the counterexample, which is in the result file)."""

@@ -59,6 +59,13 @@ class _Case:
     failure: str = ""
     counterexample: tuple[np.ndarray, np.ndarray] | None = None
     attack_seconds: float = 0.0     # of the last PGD round on this case
+    # The margin of disjunct j is min_box max_r (C_r y − d_r) (> 0: refuted); ``margin_lower`` [j] the best
+    # proven lower bound of each, ``margin_upper`` the least margin of any disjunct an attack point reached.
+    margin_lower: np.ndarray = field(init=False)
+    margin_upper: float = np.inf
+
+    def __post_init__(self) -> None:
+        self.margin_lower = np.full(len(self.refuted), -np.inf)
 
     @property
     def proved(self) -> bool:
@@ -166,9 +173,11 @@ class Cascade:
         starts = None if starts is None else torch.as_tensor(starts, dtype=torch.float32).reshape(
             -1, self.model.graph.num_inputs)
         started = time.monotonic()
-        points = attack.candidates(disjuncts, self.options.pgd_restarts if restarts is None else restarts,
-                                   self.options.pgd_steps if steps is None else steps, starts)
+        points, violations = attack.candidates(disjuncts, self.options.pgd_restarts if restarts is None else restarts,
+                                               self.options.pgd_steps if steps is None else steps, starts)
         case.attack_seconds = time.monotonic() - started
+        if len(violations):
+            case.margin_upper = min(case.margin_upper, -float(violations[0]))
         return any(self.try_counterexample(case, point.double().cpu().numpy().reshape(-1)) for point in points)
 
     def bound(self, case: _Case, method: Stage) -> None:
@@ -201,7 +210,9 @@ class Cascade:
         if method == "CROWN":
             case.crown_intermediate = stages.intermediate_bounds()
         for disjunct in open_disjuncts:
-            if np.any((margins > thresholds)[owners == disjunct]):
+            owned = owners == disjunct
+            case.margin_lower[disjunct] = max(case.margin_lower[disjunct], float(np.max(margins[owned])))
+            if np.any((margins > thresholds)[owned]):
                 case.refuted[disjunct] = True
         case.preactivation = intersect(case.preactivation, stages.preactivation_bounds())
 
@@ -241,7 +252,11 @@ class Cascade:
         else:
             search = BranchAndBound(self.model.engine(), problem, options, memory, confirm, attack)
         outcome = search.run(self.deadline)
-        if outcome.status == "proved":
+        if outcome.lowest is not None:
+            case.margin_lower[open_disjuncts] = np.maximum(case.margin_lower[open_disjuncts],
+                                                           outcome.lowest.double().cpu().numpy())
+        if outcome.status == "proved":       # every domain refuted: each margin is above 0
+            case.margin_lower[open_disjuncts] = np.maximum(case.margin_lower[open_disjuncts], 0.0)
             case.refuted[open_disjuncts] = True
         elif outcome.status == "timeout":
             raise _OutOfTime
@@ -260,6 +275,16 @@ class Cascade:
         """The margin a disjunct's lower bound must exceed to count as refuted (see VerifyOptions)."""
         bounds = case.prop.unsafe[disjunct].bounds
         return self.options.tolerance * (1 + float(np.max(np.abs(bounds), initial=0.0)))
+
+    def margin_bracket(self) -> tuple[float | None, float | None]:
+        """Bounds of the property's margin (see :class:`InstanceResult`), None where unknown."""
+        lower = min(float(np.min(case.margin_lower)) for case in self.cases)
+        upper = min(case.margin_upper for case in self.cases)
+        for case in self.cases:
+            if case.counterexample is not None:
+                y = np.asarray(case.counterexample[1], dtype=np.float64).reshape(-1)
+                upper = min(upper, min(float(np.max(c.coefficients @ y - c.bounds)) for c in case.prop.unsafe))
+        return (round(lower, 6) if np.isfinite(lower) else None, round(upper, 6) if np.isfinite(upper) else None)
 
     def unstable_relus(self) -> int | None:
         relus = self.model.graph.relu_indices()
@@ -332,6 +357,7 @@ def verify_cases(model: LoadedModel, cases: list[VnnlibProperty], options: Verif
     result.verdict = verdict
     result.unstable_relus = cascade.unstable_relus()
     result.counterexample = next((c.counterexample for c in cascade.cases if c.counterexample is not None), None)
+    result.margin_lower, result.margin_upper = cascade.margin_bracket()
     notes = [note for case in cascade.cases for note in case.undecided]
     if verdict not in ("sat", "unsat"):
         notes += [case.bab_note for case in cascade.cases if case.bab_note]

@@ -94,13 +94,16 @@ def drop_torn_last_line(log_path: Path) -> None:
 
 
 def summary_csv(results: list[InstanceResult]) -> str:
-    """One row per instance: verdict, deciding stage, seconds, unstable ReLUs, and seconds per stage."""
+    """One row per instance: verdict, deciding stage, seconds, unstable ReLUs, message, the bracket of the
+    margin, and seconds per stage."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["instance", "onnx", "vnnlib", "verdict", "stage", "seconds", "unstable_relus", "message"]
-                    + [f"seconds_{stage}" for stage in REPORTED_STAGES])
+    writer.writerow(["instance", "onnx", "vnnlib", "verdict", "stage", "seconds", "unstable_relus", "message",
+                     "margin_lower", "margin_upper"] + [f"seconds_{stage}" for stage in REPORTED_STAGES])
     for r in results:
         writer.writerow([r.instance, r.onnx, r.vnnlib, r.verdict, r.stage or "", f"{r.seconds:.3f}",
-                         "" if r.unstable_relus is None else r.unstable_relus, r.message]
+                         "" if r.unstable_relus is None else r.unstable_relus, r.message,
+                         "" if r.margin_lower is None else r.margin_lower,
+                         "" if r.margin_upper is None else r.margin_upper]
                         + [r.stage_seconds.get(stage, "") for stage in REPORTED_STAGES])
     return buffer.getvalue()

@@ -52,9 +52,18 @@ def stage_table(results: list[InstanceResult]) -> str:
 
 
 def instance_table(results: list[InstanceResult]) -> str:
-    """One line per instance: verdict, deciding stage, seconds, unstable ReLUs, message."""
-    rows = [["instance", "verdict", "stage", "seconds", "unstable", "message"]]
+    """One line per instance: verdict, deciding stage, seconds, unstable ReLUs, the bracket of its margin (for
+    an instance left open: how far from decided), message."""
+    rows = [["instance", "verdict", "stage", "seconds", "unstable", "margin", "message"]]
     for r in results:
         rows.append([r.instance, r.verdict, r.stage or "-", f"{r.seconds:.3f}",
-                     "-" if r.unstable_relus is None else str(r.unstable_relus), r.message[:80]])
-    return _format(rows, left={0, 1, 2, 5})
+                     "-" if r.unstable_relus is None else str(r.unstable_relus), margin_bracket(r), r.message[:80]])
+    return _format(rows, left={0, 1, 2, 5, 6})
+
+
+def margin_bracket(result: InstanceResult) -> str:
+    """``[lower, upper]`` of the instance's margin, ``?`` for an end not known."""
+    if result.margin_lower is None and result.margin_upper is None:
+        return "-"
+    ends = ["?" if value is None else f"{value:.3g}" for value in (result.margin_lower, result.margin_upper)]
+    return f"[{ends[0]}, {ends[1]}]"

@@ -47,9 +47,10 @@ class DisjunctAttack:
         return max(min(restarts * disjuncts, self.affordable), disjuncts)
 
     def candidates(self, disjuncts: list[int], restarts: int, steps: int, starts: Tensor | None = None,
-                   count: int = 3) -> Tensor:
+                   count: int = 3) -> tuple[Tensor, Tensor]:
         """The ``count`` points of the search with the largest violation (``≥ 0``: inside a disjunct, up to
-        float32 rounding), best first, [count, n]; ``starts`` [k, n] replace the first random starts."""
+        float32 rounding), best first, [count, n], and their violations ``min_r (d_r − C_r y)`` of their own
+        disjunct, [count]; ``starts`` [k, n] replace the first random starts."""
         rows, offsets, owners = stacked_rows(self.prop, disjuncts)
         C = torch.as_tensor(rows, dtype=torch.float32, device=self.device)
         d = torch.as_tensor(offsets, dtype=torch.float32, device=self.device)
@@ -77,4 +78,5 @@ class DisjunctAttack:
                             step_size=(upper - lower) / 8, step_decay=0.99, stop_above=1e-3)
         with torch.no_grad():
             scores = violation(self.model(best))
-        return best[torch.argsort(scores, descending=True)[:count]]
+        order = torch.argsort(scores, descending=True)[:count]
+        return best[order], scores[order]

@@ -65,13 +65,18 @@ class BabProblem:
 
 @dataclass
 class BabOutcome:
-    """``proved``, ``counterexample`` (``point`` is set), ``timeout`` or ``unknown`` (``message`` says why)."""
+    """``proved``, ``counterexample`` (``point`` is set), ``timeout`` or ``unknown`` (``message`` says why).
+
+    ``lowest`` (where the search stopped with domains open): per disjunct of the problem, the lowest bound
+    of its open domains, a proven lower bound of ``min_box max_r (C_r y − d_r)`` (0 where none is open).
+    """
 
     status: str
     point: Tensor | None = None
     domains: int = 0
     iterations: int = 0
     message: str = ""
+    lowest: Tensor | None = None
 
 
 STORED = torch.float16   # α and β as stored between passes: any α in [0, 1] and β >= 0 keeps a bound sound
@@ -174,11 +179,13 @@ class BranchAndBound:
         while found is None and len(domains):
             if time.monotonic() > deadline:
                 return BabOutcome("timeout", domains=visited, iterations=iterations,
-                                  message=f"{len(domains)} domains open at the deadline")
+                                  message=f"{len(domains)} domains open at the deadline",
+                                  lowest=self._lowest(domains, undecided))
             room = (self.max_domains - len(domains)) // 2       # each parent becomes two children
             if room < 1:
                 return BabOutcome("unknown", domains=visited, iterations=iterations,
-                                  message=f"more than {self.max_domains} open domains (memory limit)")
+                                  message=f"more than {self.max_domains} open domains (memory limit)",
+                                  lowest=self._lowest(domains, undecided))
             if bool((domains.choice < 0).any()):
                 found, note = self._decide_exhausted(domains.pop(domains.choice < 0), deadline)
                 if note and time.monotonic() > deadline:
@@ -201,6 +208,16 @@ class BranchAndBound:
         if undecided:
             return BabOutcome("unknown", domains=visited, iterations=iterations, message=undecided)
         return BabOutcome("proved", domains=visited, iterations=iterations)
+
+    def _lowest(self, domains: _Domains, undecided: str) -> Tensor | None:
+        """Per disjunct, the lowest margin of its open domains, 0 where none is open (every domain it had was
+        refuted): a lower bound of ``min_box max_r (C_r y − d_r)`` (less the refutation threshold that every
+        margin includes). None where a fully split domain was left undecided."""
+        if undecided:
+            return None
+        lowest = torch.full((self.C.shape[0],), torch.inf, dtype=self.engine.dtype, device=self.engine.device)
+        lowest = lowest.scatter_reduce(0, domains.disjunct, domains.margin.to(lowest.dtype), "amin")
+        return torch.where(torch.isinf(lowest), torch.zeros_like(lowest), lowest)
 
     def _decide_exhausted(self, exhausted: _Domains, deadline: float) -> tuple[Tensor | None, str]:
         """Decide domains with every unstable ReLU split by one exact LP each (:mod:`.pattern_lp`): refuted ones
