@@ -113,8 +113,8 @@ reproduce-cpu-bases: install
 	$(REPRODUCE_CPU) mnist-eps0.1 --seeds 0,1,2 --retry-open 0 --jobs 2 --objectives $(BASE_ROWS),$(EXP2) --out $(BASES_01)
 	$(REPRODUCE_CPU) mnist-eps0.1 --seeds 0,1,2 --retry-open 60 --jobs 2 --objectives $(RETRIED_01),$(EXP2) --out $(BASES_01)
 	$(REPRODUCE_CPU) mnist-eps0.3 --seeds 0,1,2 --retry-open 0 --jobs 2 --objectives $(BASE_ROWS) --out $(BASES_03)
-	$(REPRODUCE_CPU) mnist-eps0.3 --seeds 0,1,2 --retry-open 20 --objectives $(BASE_ROWS) --out $(BASES_03)
-	$(REPRODUCE_CPU) mnist-eps0.3 --seeds 0,1,2 --retry-open 60 --objectives $(BASE_ROWS) --out $(BASES_03)
+	$(REPRODUCE_CPU) mnist-eps0.3 --seeds 0,1,2 --retry-open 20 --jobs 2 --objectives $(BASE_ROWS) --out $(BASES_03)
+	$(REPRODUCE_CPU) mnist-eps0.3 --seeds 0,1,2 --retry-open 60 --jobs 2 --objectives $(BASE_ROWS) --out $(BASES_03)
 	$(BIN)/maar report $(BASES_01)
 	$(BIN)/maar report $(BASES_03)
 
