@@ -33,7 +33,7 @@ from maar_plugin.report import (
 )
 from maar_plugin.report.funnel import FunnelStage
 from maar_plugin.reproduce import PLAN_NAME
-from maar_plugin.verification import STAGES, InstanceResult
+from maar_plugin.verification import STAGES, InstanceResult, instance_table
 from maar_plugin.vnnlib import read_vnnlib, write_robustness_vnnlib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -289,6 +289,18 @@ def test_html_page_is_self_contained_with_every_section_figure_and_row(tmp_path,
     capped = build_report(sources, max_counterexamples=0)
     assert capped.counterexamples == [] and "ours: 1 sat instances not drawn: over the limit of 0 figures per source" \
         in capped.notes
+
+
+def test_the_margin_bracket_shows_in_the_instance_table_and_the_page(tmp_path):
+    """An open instance's bracket ``[lower, upper]``, an unknown end as ``?``, and none where nothing is known."""
+    results = [result("open", "timeout", 10.0, opened("IBP", "BaB"), margin_lower=-0.30831, margin_upper=2.48025),
+               result("centre", "sat", 0.01, {"centre": "falsified"}, margin_upper=-0.5),
+               result("bad", "error", 0.0)]
+    lines = {line.split()[0]: line for line in instance_table(results).splitlines()[2:]}
+    assert "[-0.308, 2.48]" in lines["open"] and "[?, -0.5]" in lines["centre"]
+    assert "[" not in lines["bad"]
+    page = html_page(build_report([ResultSource("ours", results, tmp_path)]))
+    assert 'title="margin [-0.308, 2.48]"' in page and 'title="stage centre margin [?, -0.5]"' in page
 
 
 def test_report_cli_over_two_folders_writes_figures_and_page(tmp_path, image_instance):
