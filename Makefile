@@ -102,8 +102,8 @@ reproduce-cpu: install
 # their own. ε = 0.1: training and the first pass (5 s per instance) with --jobs 2, then every row's open
 # instances again at 60 s but EXP-IBP's at ε_train = 0.1 (its hundreds of open instances would take hours); the
 # retry took 37 min for the EXP-IBP rows at ε_train = 0.2 and 46 for the rest (at 20, then 60 s) on 2 cores.
-# ε = 0.3: 45 min with --jobs 2, then its open instances at 20 and 60 s (about 25 min). About 3 to 4 hours in
-# all on 2 cores.
+# ε = 0.3: 43 min with --jobs 2, then its open instances at 20 and 60 s (18 min). About 3 to 4 hours in all on
+# 2 cores.
 BASE_ROWS := ibp,sabr,maar-sabr:weighting=soft,mtl-ibp,maar-mtl-ibp:weighting=soft,exp-ibp,maar-exp-ibp:weighting=soft,cc-ibp,maar-cc-ibp:weighting=soft
 RETRIED_01 := ibp,sabr,maar-sabr:weighting=soft,mtl-ibp,maar-mtl-ibp:weighting=soft,cc-ibp,maar-cc-ibp:weighting=soft
 EXP2 := exp-ibp:train_eps=0.2,maar-exp-ibp:weighting=soft:train_eps=0.2

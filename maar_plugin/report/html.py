@@ -11,7 +11,7 @@ from html import escape
 
 from maar_plugin.report.build import Figure, Report
 from maar_plugin.report.tables import aligned_rows, summary_rows
-from maar_plugin.verification import margin_bracket, stage_table
+from maar_plugin.verification import margin_text, stage_table
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1200px;
@@ -94,7 +94,7 @@ def instance_table_html(report: Report) -> str:
                 cells += ['<td data-sort="">-</td>', '<td data-sort="Infinity">-</td>']
                 continue
             stage = f" <small>{escape(result.stage)}</small>" if result.stage else ""
-            margin = margin_bracket(result)
+            margin = margin_text(result)
             title = escape(" ".join(filter(None, [result.stage and f"stage {result.stage}",
                                                   margin != "-" and f"margin {margin}", result.message])))
             verdict = escape(result.verdict)

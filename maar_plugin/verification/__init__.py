@@ -40,7 +40,7 @@ _PUBLIC = {
     "verify_instance": "run.cascade", "CascadeVerifier": "run.cascade", "ModelCache": "run.models",
     "Verifier": "run.batch", "verify_instances": "run.batch", "verify_in_processes": "run.batch",
     "read_log": "run.records", "merge_summaries": "run.records",
-    "stage_table": "run.tables", "instance_table": "run.tables", "margin_bracket": "run.tables",
+    "stage_table": "run.tables", "instance_table": "run.tables", "margin_text": "run.tables",
     "Shard": "run.shard", "parse_shard": "run.shard", "rank_device": "run.shard", "shard_from_env": "run.shard",
     "wait_for_all_ranks": "run.shard",
     "AbcrownJob": "abcrown.config", "read_abcrown_config": "abcrown.config",

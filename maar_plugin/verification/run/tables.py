@@ -57,11 +57,11 @@ def instance_table(results: list[InstanceResult]) -> str:
     rows = [["instance", "verdict", "stage", "seconds", "unstable", "margin", "message"]]
     for r in results:
         rows.append([r.instance, r.verdict, r.stage or "-", f"{r.seconds:.3f}",
-                     "-" if r.unstable_relus is None else str(r.unstable_relus), margin_bracket(r), r.message[:80]])
+                     "-" if r.unstable_relus is None else str(r.unstable_relus), margin_text(r), r.message[:80]])
     return _format(rows, left={0, 1, 2, 5, 6})
 
 
-def margin_bracket(result: InstanceResult) -> str:
+def margin_text(result: InstanceResult) -> str:
     """``[lower, upper]`` of the instance's margin, ``?`` for an end not known."""
     if result.margin_lower is None and result.margin_upper is None:
         return "-"
