@@ -11,7 +11,7 @@ import torch
 from helpers import residual_conv_graph
 from maar_plugin.errors import MaarError
 from maar_plugin.testing.dense import AffineLayer, ReluNetwork, interval_preactivation_bounds
-from maar_plugin.testing.milp import milp_verdict, solve_disjunct
+from maar_plugin.testing.milp import milp_verdict, solve_disjunct, triangle_lp_minimum
 from maar_plugin.testing.problems import branch_and_bound, near_tie_problem
 from maar_plugin.verification.bounding.linear import SplitBoundEngine
 from maar_plugin.verification.memory import MemoryBudget
@@ -59,6 +59,41 @@ def random_problem(seed: int):
             row[label], row[j] = 1.0, -1.0
             rows.append(row[None])                      # unsafe: y_label − y_j <= 0
     return network, lower, upper, np.stack(rows), np.zeros((len(rows), 1))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_optimised_bounds_of_split_domains_reach_the_triangle_lp_and_never_pass_it(seed):
+    """α,β-CROWN's bound of a domain is the dual of the triangle LP with the domain's splits over the same
+    intermediate bounds (Wang et al. 2021): never above the LP's minimum, and close to it once α and β are
+    optimised. Domains: half the unstable ReLUs split by their sign at a sampled point (never empty)."""
+    network, lower, upper, C, d = random_problem(seed)
+    engine = SplitBoundEngine(network.to_graph())
+    box_lower, box_upper = torch.tensor(lower, dtype=torch.float32), torch.tensor(upper, dtype=torch.float32)
+    root = engine.intermediate_bounds(box_lower[None], box_upper[None])
+    problem = BabProblem(torch.tensor(C, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
+                         torch.zeros(d.shape), box_lower, box_upper, {r: (l[0], u[0]) for r, (l, u) in root.items()})
+    search = BranchAndBound(engine, problem, BabOptions(), MEMORY, lambda points: None)
+    rng = np.random.default_rng(seed)
+    values = engine.graph.node_values(torch.tensor(rng.uniform(lower, upper), dtype=torch.float32)[None])
+    sign_at_point = torch.cat([values[engine.relu_inputs[r]].reshape(-1)[search.unstable[r]].sign()
+                               for r in engine.relus]).to(torch.int8)
+    split = torch.tensor(rng.uniform(size=search.num_unstable) < 0.5)
+    signs = torch.where(split, sign_at_point, torch.zeros_like(sign_at_point)).repeat(len(C), 1)
+    count, width = len(C), search.num_unstable
+    domains = _Domains(torch.arange(count), signs, search._default_alpha(count).half(),
+                       torch.zeros(count, 1, width).half(), None, None)
+    open_domains, _ = search._bound(domains, 300, math.inf)
+    bounds, _ = search._relu_bounds(signs)
+    for k in range(count):
+        lp = triangle_lp_minimum(network, [(bounds[r][0][k].reshape(-1).double().numpy(),
+                                            bounds[r][1][k].reshape(-1).double().numpy()) for r in engine.relus],
+                                 lower, upper, C[k], d[k])
+        margin = open_domains.margin[open_domains.disjunct == k]
+        if margin.numel() == 0:                 # refuted: its bound cleared 0, so the LP's minimum must too
+            assert lp > 0, (seed, k, lp)
+            continue
+        assert float(margin) <= lp + 1e-4, (seed, k, float(margin), lp)
+        assert float(margin) >= lp - 0.01 * (1 + abs(lp)), (seed, k, float(margin), lp)
 
 
 @pytest.mark.parametrize("branching", sorted(BRANCHING_STRATEGIES))

@@ -10,6 +10,11 @@ inactive is 0, and only unstable ones get a binary δ with ``a >= z, a <= z - l(
 ``t`` is capped at ``refute_tolerance``, so an infeasible program proves every row combination stays
 above that margin (the disjunct is empty); a solution with ``t <= 0`` is a candidate counterexample
 that the caller re-checks on the original ONNX model. Everything is float64.
+
+With every δ relaxed to [0, 1] the same program is the triangle ("Planet") LP relaxation, whose minimum is
+what an optimal α,β-CROWN bound reaches over the same intermediate bounds (Wang et al. 2021):
+:func:`triangle_lp_minimum`. Bounds with a neuron's upper bound at 0 and its lower bound below (a branch
+and bound domain's inactive split) keep ``z <= 0`` as a row.
 """
 from __future__ import annotations
 
@@ -73,6 +78,33 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
     highs.setOptionValue("time_limit", float(time_limit))
     highs.setOptionValue("threads", 1)
     highs.setOptionValue("objective_target", -float(required_margin))
+    t = _encode(highs, network, bounds, lower, upper, coefficients, offsets, refute_tolerance, integral=True)
+    highs.run()
+    return _outcome(highs, t, network.num_inputs)
+
+
+def triangle_lp_minimum(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, upper: np.ndarray,
+                        coefficients: np.ndarray, offsets: np.ndarray, time_limit: float = 600.0) -> float:
+    """The minimum of ``max_r (coefficients_r @ f(x) − offsets_r)`` over the triangle relaxation of the network
+    on the box, with these intermediate ``bounds`` (HiGHS's objective value: no safety margin, for
+    comparisons); +inf where the relaxation is empty, nan where HiGHS stops without an optimum."""
+    highs = silent_highs()
+    highs.setOptionValue("time_limit", float(time_limit))
+    highs.setOptionValue("threads", 1)
+    _encode(highs, network, bounds, lower, upper, coefficients, offsets, highspy.kHighsInf, integral=False)
+    highs.run()
+    status = highs.getModelStatus()
+    if status == highspy.HighsModelStatus.kInfeasible:
+        return float("inf")
+    if status != highspy.HighsModelStatus.kOptimal:
+        return float("nan")
+    return float(highs.getInfo().objective_function_value)
+
+
+def _encode(highs: highspy.Highs, network: ReluNetwork, bounds: Bounds, lower: np.ndarray, upper: np.ndarray,
+            coefficients: np.ndarray, offsets: np.ndarray, t_cap: float, integral: bool) -> int:
+    """Add the program (see the module docstring) to ``highs``, objective ``t`` (capped at ``t_cap``); δ binary
+    where ``integral``, else in [0, 1]. Returns t's column."""
     infinity = highspy.kHighsInf
 
     column_lower: list[np.ndarray] = [lower.astype(np.float64)]
@@ -98,6 +130,8 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
             bias = float(layer.bias[neuron])
             columns = np.concatenate([[a], previous])
             if z_up[neuron] <= 0:
+                if z_up[neuron] == 0 and z_low[neuron] < 0:
+                    rows.add(previous, weights, -infinity, -bias)                            # z <= 0
                 continue
             if z_low[neuron] >= 0:
                 rows.add(columns, np.concatenate([[1.0], -weights]), bias, bias)
@@ -111,7 +145,7 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
 
     t = next_column
     column_lower.append(np.array([-infinity]))
-    column_upper.append(np.array([refute_tolerance]))
+    column_upper.append(np.array([t_cap]))
     last = network.layers[-1]
     output_weight, output_bias = coefficients @ last.weight, coefficients @ last.bias
     for row in range(coefficients.shape[0]):
@@ -123,14 +157,13 @@ def solve_disjunct(network: ReluNetwork, bounds: Bounds, lower: np.ndarray, uppe
     costs[t] = 1.0
     highs.addVars(all_lower.size, all_lower, all_upper)
     highs.changeColsCost(all_lower.size, np.arange(all_lower.size, dtype=np.int32), costs)
-    if integer_columns:
+    if integer_columns and integral:
         highs.changeColsIntegrality(len(integer_columns), np.array(integer_columns, dtype=np.int32),
                                     np.full(len(integer_columns), highspy.HighsVarType.kInteger))
     highs.addRows(len(rows.lower), np.array(rows.lower), np.array(rows.upper), rows.count,
                   np.array(rows.starts, dtype=np.int32), np.concatenate(rows.indices),
                   np.concatenate(rows.values))
-    highs.run()
-    return _outcome(highs, t, network.num_inputs)
+    return t
 
 
 def _outcome(highs: highspy.Highs, t_column: int, num_inputs: int) -> MilpOutcome:

@@ -131,6 +131,7 @@ class BranchAndBound:
         self.promising: Tensor | None = None     # the least-slack points of the last bound pass, for ``attack``
         self.confirm, self.attack = confirm, attack
         self.exact: FixedPatternLP | None = None    # decides fully split domains; built when one turns up
+        self.open: _Domains | None = None           # the open domains, once ``run`` has bounded the roots
         dtype, device = engine.dtype, engine.device
         self.C = problem.C.to(dtype=dtype, device=device)
         self.offsets = problem.offsets.to(dtype=dtype, device=device)
@@ -175,6 +176,7 @@ class BranchAndBound:
         beta = torch.zeros_like(alpha)
         domains, found = self._bound(_Domains(disjuncts, signs, alpha, beta, None, None), self.options.root_iterations,
                                      deadline)
+        self.open = domains         # the store, kept on the search for inspection after it stops
         visited, iterations, undecided = count, 0, ""
         while found is None and len(domains):
             if time.monotonic() > deadline:
