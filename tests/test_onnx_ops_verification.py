@@ -25,6 +25,7 @@ from maar_plugin.testing.dense import AffineLayer, ReluNetwork, dense_network, i
 from maar_plugin.testing.milp import exact_verdict, milp_verdict, solve_disjunct
 from maar_plugin.testing.problems import export_onnx, mlp, robustness_property, write_vnnlib
 from maar_plugin.verification import load_onnx_graph, verify_instance
+from maar_plugin.verification.bounding.lirpa_stages import LirpaBoundStages
 from maar_plugin.verification.options import BabOptions
 from maar_plugin.vnnlib.reader import read_vnnlib_cases
 
@@ -185,6 +186,25 @@ def test_sigmoid_tanh_verdicts_equal_a_lipschitz_grid(tmp_path):
         expected = "unsat" if offset < 0 else "sat"
         tally_verdict(tally, verify_instance(onnx_path, prop, options=FAST), partial(str, expected), onnx_path, prop)
     assert tally["sat"] == 3 and tally["unsat"] == 3, tally            # the sat ones are reached: all decided
+
+
+def test_without_relus_to_split_alpha_crown_gets_the_time_branch_and_bound_cannot_use(tmp_path):
+    """A Tanh network has nothing for branch and bound to split, so alpha-CROWN is its last bound stage and
+    optimises for most of the time left, past ``--alpha-iterations``: here one step leaves the property open,
+    a long optimisation proves it (the offset lies between the two sound bounds)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 48), *[module for _ in range(5) for module in (nn.Tanh(), nn.Linear(48, 48))],
+                          nn.Tanh(), nn.Linear(48, 2)).eval()
+    onnx_path = export_onnx(model, tmp_path / "tanh.onnx", (1, 4))
+    lower = np.random.default_rng(4).uniform(-1, 0, 4)
+    upper, row = lower + 1.0, np.array([[1.0, -1.0]])
+    stages = LirpaBoundStages(load_onnx_graph(onnx_path), alpha_iterations=1)
+    short = float(stages.spec_lower_bounds(lower, upper, row, "alpha-CROWN")[0])
+    long = float(stages.spec_lower_bounds(lower, upper, row, "alpha-CROWN", iterations=300)[0])
+    assert long > short + 5e-4, (short, long)
+    prop = write_vnnlib(tmp_path / "p.vnnlib", lower, upper, 2, [(row, np.array([(short + long) / 2]))])
+    result = verify_instance(onnx_path, prop, options=replace(FAST, alpha_iterations=1, timeout=30))
+    assert (result.verdict, result.stage) == ("unsat", "alpha-CROWN"), (result.verdict, result.message)
 
 
 def test_relu_network_with_a_sigmoid_output_agrees_with_the_milp(tmp_path):

@@ -88,7 +88,7 @@ class LirpaBounds:
 
     def bounds(self, lower: Tensor, upper: Tensor, spec: Tensor | None, method: str, bound_upper: bool = True,
                intermediate: IntermediateBounds | None = None, deadline: float | None = None,
-               enough: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               enough: Tensor | None = None, iterations: int | None = None) -> tuple[Tensor, Tensor | None]:
         """(lower, upper) bounds of ``spec @ logits`` [B, S] (or of the logits when ``spec`` is None).
 
         A spec with batch dimension 1 is shared by all examples. The upper bound is None when ``bound_upper``
@@ -96,7 +96,7 @@ class LirpaBounds:
         of an earlier call on the same boxes) fixes every ReLU's input bounds instead of computing them.
         alpha-CROWN stops optimising after the step during which ``time.monotonic()`` passed ``deadline``, or
         once every lower bound exceeds ``enough`` (broadcast to [B, S]); it returns the best bounds so far,
-        which are as sound as the last step's.
+        which are as sound as the last step's. ``iterations`` overrides ``alpha_iterations`` for this call.
         """
         if method not in METHODS:
             raise MaarError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
@@ -105,7 +105,7 @@ class LirpaBounds:
         # alpha-CROWN optimises its slopes by gradient descent, also when the caller disabled gradients.
         optimised = method == "alpha-CROWN"
         with (_parameters_kept_trainable(self.model), torch.set_grad_enabled(caller_wants_grad or optimised),
-              self._optimisation_stopped_by(deadline, enough) if optimised else nullcontext()):
+              self._optimisation_stopped_by(deadline, enough, iterations) if optimised else nullcontext()):
             lower_bound, upper_bound = self.bounded.compute_bounds(
                 x=self._forward_centre(lower, upper), C=_batched(spec, lower), method=METHODS[method],
                 bound_upper=bound_upper or method == "IBP", **given)
@@ -115,14 +115,19 @@ class LirpaBounds:
         return lower_bound, (upper_bound if bound_upper else None)
 
     @contextmanager
-    def _optimisation_stopped_by(self, deadline: float | None, enough: Tensor | None) -> Iterator[None]:
+    def _optimisation_stopped_by(self, deadline: float | None, enough: Tensor | None,
+                                 iterations: int | None = None) -> Iterator[None]:
         """Installs auto_LiRPA's ``stop_criterion_func`` for one optimised call: a tensor of True for every
-        bound ends the Adam loop (both versions), False goes on. auto_LiRPA prints a line when it stops."""
-        if deadline is None and enough is None:
+        bound ends the Adam loop (both versions), False goes on. auto_LiRPA prints a line when it stops.
+        ``iterations`` (both versions read it at every call) replaces the step count for the call."""
+        if deadline is None and enough is None and iterations is None:
             yield
             return
         arguments = self.bounded.bound_opts["optimize_bound_args"]
         default: Callable = arguments.get("stop_criterion_func", _never)
+        default_iterations = arguments["iteration"]
+        if iterations is not None:
+            arguments["iteration"] = iterations
 
         def stop(lower: Tensor) -> Tensor | bool:
             if (deadline is not None and time.monotonic() > deadline) or \
@@ -137,6 +142,7 @@ class LirpaBounds:
                 yield
         finally:
             arguments["stop_criterion_func"] = default
+            arguments["iteration"] = default_iterations
 
     def ibp_and_crown_ibp_lower(self, lower: Tensor, upper: Tensor, spec: Tensor, crown_spec: Tensor | None = None
                                 ) -> tuple[Tensor, Tensor]:

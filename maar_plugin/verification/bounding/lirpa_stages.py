@@ -60,7 +60,7 @@ class LirpaBoundStages:
 
     def spec_lower_bounds(self, lower: np.ndarray, upper: np.ndarray, spec: np.ndarray, method: str,
                           intermediate: IntermediateBounds | None = None, deadline: float | None = None,
-                          enough: np.ndarray | None = None) -> np.ndarray:
+                          enough: np.ndarray | None = None, iterations: int | None = None) -> np.ndarray:
         """Lower bounds of ``spec @ f(x)`` over the box (spec [rows, outputs]), by ``method``.
 
         ``intermediate`` (from :meth:`intermediate_bounds` of an earlier call on the same box) fixes the
@@ -69,7 +69,8 @@ class LirpaBoundStages:
         or Tanh it is ignored: their CROWN intermediate bounds are loose, and the slopes of every layer must
         be optimised (ERAN's sigmoid 6x200, ε = 0.012: worst margin −143 by CROWN, −75 by alpha-CROWN of the
         final layer, +7.5 by alpha-CROWN of every layer in 9 s). alpha-CROWN's slope optimisation stops at
-        ``deadline`` (``time.monotonic()``) or once every row's bound exceeds ``enough`` [rows].
+        ``deadline`` (``time.monotonic()``) or once every row's bound exceeds ``enough`` [rows], after at most
+        ``iterations`` steps (default: the stages' ``alpha_iterations``).
         """
         x_lower = self.graph.to_graph_layout(torch.as_tensor(outward(lower, -1), device=self.device))
         x_upper = self.graph.to_graph_layout(torch.as_tensor(outward(upper, 1), device=self.device))
@@ -83,7 +84,8 @@ class LirpaBoundStages:
         with torch.no_grad():
             lb, _ = self.lirpa.bounds(
                 x_lower, x_upper, C, method, bound_upper=False, intermediate=intermediate, deadline=deadline,
-                enough=None if enough is None else torch.as_tensor(enough, dtype=torch.float32).reshape(1, -1))
+                enough=None if enough is None else torch.as_tensor(enough, dtype=torch.float32).reshape(1, -1),
+                iterations=iterations)
         return lb.double().cpu().numpy().reshape(-1)
 
     def box_lower_bounds(self, lower: torch.Tensor, upper: torch.Tensor, C: torch.Tensor,

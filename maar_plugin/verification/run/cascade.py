@@ -77,6 +77,11 @@ class _Case:
 
 ATTACK_SHARE = 0.25  # of an instance's timeout, for PGD's escalating restarts before branch and bound
 ALPHA_SHARE = 0.5    # of the time left, at most, for one alpha-CROWN optimisation
+# Where branch and bound has nothing to split (Sigmoid/Tanh only, no unstable ReLU), alpha-CROWN is the last
+# bound stage: one optimisation of every layer's slopes, up to this many steps (α,β-CROWN's for ERAN's
+# sigmoid networks) and this share of the time left.
+FINAL_ALPHA_ITERATIONS = 1000
+FINAL_ALPHA_SHARE = 0.8
 
 
 class _OutOfTime(Exception):
@@ -184,22 +189,34 @@ class Cascade:
         """Refute the case's open disjuncts by ``method``'s bounds. alpha-CROWN first optimises the final layer's
         slopes only, over CROWN's intermediate bounds (cheap); where that leaves a disjunct open, it optimises
         every layer's slopes (auto_LiRPA's full alpha-CROWN: tighter intermediate bounds, which branch and
-        bound then starts from)."""
+        bound then starts from). Where branch and bound would have nothing to split (:meth:`nothing_to_split`),
+        one optimisation of every layer's slopes takes most of the time left instead."""
+        if method == "alpha-CROWN" and self.nothing_to_split(case):
+            self.bound_with(case, method, None, FINAL_ALPHA_ITERATIONS, FINAL_ALPHA_SHARE)
+            return
         self.bound_with(case, method, case.crown_intermediate if method == "alpha-CROWN" else None)
         if method == "alpha-CROWN" and not case.proved and case.crown_intermediate is not None:
             self.bound_with(case, method, None)
 
-    def bound_with(self, case: _Case, method: Stage, intermediate: IntermediateBounds | None) -> None:
+    def nothing_to_split(self, case: _Case) -> bool:
+        """Whether the network has Sigmoid/Tanh activations (whose relaxation branch and bound keeps) and the
+        case no unstable ReLU: branch and bound could then only end ``unknown``."""
+        relus = self.model.graph.relu_indices()
+        return self.model.bound_stages.s_shaped and case.preactivation is not None and \
+            count_unstable(case.preactivation, relus) == 0
+
+    def bound_with(self, case: _Case, method: Stage, intermediate: IntermediateBounds | None,
+                   iterations: int | None = None, share: float = ALPHA_SHARE) -> None:
         open_disjuncts = case.open_disjuncts()
         rows, offsets, owners = stacked_rows(case.prop, open_disjuncts)
         stages = self.model.bound_stages
         thresholds = self.options.tolerance * (1 + np.abs(offsets))
-        # alpha-CROWN's slope optimisation stops once every row is proved, or after half the time left
+        # alpha-CROWN's slope optimisation stops once every row is proved, or after ``share`` of the time left
         # (branch and bound gets the rest); a network whose optimisation step is slow then cannot overrun.
-        deadline = time.monotonic() + ALPHA_SHARE * self.remaining()
+        deadline = time.monotonic() + share * self.remaining()
         try:
             margins = stages.spec_lower_bounds(case.prop.input_lower, case.prop.input_upper, rows, method,
-                                               intermediate, deadline, offsets + thresholds) - offsets
+                                               intermediate, deadline, offsets + thresholds, iterations) - offsets
         except Exception as error:
             if debugging() or not failed_inside_lirpa(error):
                 raise
