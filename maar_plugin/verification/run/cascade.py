@@ -79,9 +79,8 @@ ATTACK_SHARE = 0.25  # of an instance's timeout, for PGD's escalating restarts b
 ALPHA_SHARE = 0.5    # of the time left, at most, for one alpha-CROWN optimisation
 # Where branch and bound has nothing to split (Sigmoid/Tanh only, no unstable ReLU), alpha-CROWN is the last
 # bound stage: one optimisation of every layer's slopes, up to this many steps (α,β-CROWN's for ERAN's
-# sigmoid networks) and this share of the time left.
+# sigmoid networks), for the time left less what the escalating attack after it may take.
 FINAL_ALPHA_ITERATIONS = 1000
-FINAL_ALPHA_SHARE = 0.8
 
 
 class _OutOfTime(Exception):
@@ -190,9 +189,10 @@ class Cascade:
         slopes only, over CROWN's intermediate bounds (cheap); where that leaves a disjunct open, it optimises
         every layer's slopes (auto_LiRPA's full alpha-CROWN: tighter intermediate bounds, which branch and
         bound then starts from). Where branch and bound would have nothing to split (:meth:`nothing_to_split`),
-        one optimisation of every layer's slopes takes most of the time left instead."""
+        one optimisation of every layer's slopes takes the time left but the escalating attack's share."""
         if method == "alpha-CROWN" and self.nothing_to_split(case):
-            self.bound_with(case, method, None, FINAL_ALPHA_ITERATIONS, FINAL_ALPHA_SHARE)
+            share = max(ALPHA_SHARE, 1 - ATTACK_SHARE * self.timeout / max(self.remaining(), 1e-9))
+            self.bound_with(case, method, None, FINAL_ALPHA_ITERATIONS, share)
             return
         self.bound_with(case, method, case.crown_intermediate if method == "alpha-CROWN" else None)
         if method == "alpha-CROWN" and not case.proved and case.crown_intermediate is not None:
