@@ -132,7 +132,8 @@ class LirpaBounds:
         def stop(lower: Tensor) -> Tensor | bool:
             if (deadline is not None and time.monotonic() > deadline) or \
                     (enough is not None and bool((lower > enough.to(lower)).all())):
-                return torch.ones_like(lower, dtype=torch.bool)
+                # one flag per example, the shape of auto_LiRPA's loss ([B, 1]: 0.7 asserts it, 0.3 broadcasts)
+                return torch.ones(lower.shape[0], 1, dtype=torch.bool, device=lower.device)
             return False
 
         arguments["stop_criterion_func"] = stop
