@@ -117,8 +117,8 @@ class LirpaBounds:
     @contextmanager
     def _optimisation_stopped_by(self, deadline: float | None, enough: Tensor | None,
                                  iterations: int | None = None) -> Iterator[None]:
-        """Installs auto_LiRPA's ``stop_criterion_func`` for one optimised call: a tensor of True for every
-        bound ends the Adam loop (both versions), False goes on. auto_LiRPA prints a line when it stops.
+        """Installs auto_LiRPA's ``stop_criterion_func`` for one optimised call: a True per example ends the
+        Adam loop (both versions), False goes on. auto_LiRPA prints a line when it stops.
         ``iterations`` (both versions read it at every call) replaces the step count for the call."""
         if deadline is None and enough is None and iterations is None:
             yield
