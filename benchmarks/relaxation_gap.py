@@ -89,11 +89,12 @@ def measure(search: Recording, domains: int, refine: bool) -> list[dict]:
         row = {"domain": label, "depth": int((domain.signs != 0).sum()), "bound": float(domain.margin[0]), "lp": lp,
                "lp_seconds": round(time.monotonic() - started, 1), "refined": ""}
         if refine:
-            search.refined = [relu for relu in search.engine.relus[1:] if search.unstable[relu].numel()]
+            refined, search.refined = search.refined, [relu for relu in search.engine.relus[1:]
+                                                       if search.unstable[relu].numel()]
             kept, _ = search._bound(_Domains(domain.disjunct, domain.signs, domain.alpha, domain.beta, None, None),
                                     20, math.inf)
             row["refined"] = float(kept.margin[0]) if len(kept) else "refuted"
-            search.refined = []
+            search.refined = refined
         rows.append(row)
     return rows
 

@@ -12,7 +12,7 @@ from helpers import residual_conv_graph
 from maar_plugin.errors import MaarError
 from maar_plugin.testing.dense import AffineLayer, ReluNetwork, interval_preactivation_bounds
 from maar_plugin.testing.milp import milp_verdict, solve_disjunct, triangle_lp_minimum
-from maar_plugin.testing.problems import branch_and_bound, near_tie_problem
+from maar_plugin.testing.problems import branch_and_bound, dense_bab_problem, near_tie_problem
 from maar_plugin.verification.bounding.linear import SplitBoundEngine
 from maar_plugin.verification.memory import MemoryBudget
 from maar_plugin.verification.options import BRANCHING_NAMES, BabOptions
@@ -67,11 +67,7 @@ def test_optimised_bounds_of_split_domains_reach_the_triangle_lp_and_never_pass_
     intermediate bounds (Wang et al. 2021): never above the LP's minimum, and close to it once α and β are
     optimised. Domains: half the unstable ReLUs split by their sign at a sampled point (never empty)."""
     network, lower, upper, C, d = random_problem(seed)
-    engine = SplitBoundEngine(network.to_graph())
-    box_lower, box_upper = torch.tensor(lower, dtype=torch.float32), torch.tensor(upper, dtype=torch.float32)
-    root = engine.intermediate_bounds(box_lower[None], box_upper[None])
-    problem = BabProblem(torch.tensor(C, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
-                         torch.zeros(d.shape), box_lower, box_upper, {r: (l[0], u[0]) for r, (l, u) in root.items()})
+    engine, problem = dense_bab_problem(network, lower, upper, C, d, threshold=0.0)
     search = BranchAndBound(engine, problem, BabOptions(), MEMORY, lambda points: None)
     rng = np.random.default_rng(seed)
     values = engine.graph.node_values(torch.tensor(rng.uniform(lower, upper), dtype=torch.float32)[None])

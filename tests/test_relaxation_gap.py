@@ -7,13 +7,9 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
-from maar_plugin.testing.problems import near_tie_problem
-from maar_plugin.verification.bounding.linear import SplitBoundEngine
+from maar_plugin.testing.problems import dense_bab_problem, near_tie_problem
 from maar_plugin.verification.memory import MemoryBudget
 from maar_plugin.verification.options import BabOptions
-from maar_plugin.verification.search.bab import BabProblem
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "relaxation_gap.py"
 
@@ -30,12 +26,7 @@ def test_reported_bounds_lie_below_the_lp_of_the_same_domain():
     measured = 0
     for seed in range(6):
         network, lower, upper, C, d = near_tie_problem(seed, [4, 16, 16, 3])
-        engine = SplitBoundEngine(network.to_graph())
-        box_lower, box_upper = torch.tensor(lower, dtype=torch.float32), torch.tensor(upper, dtype=torch.float32)
-        root = engine.intermediate_bounds(box_lower[None], box_upper[None])
-        problem = BabProblem(torch.tensor(C, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
-                             torch.full(d.shape, 1e-5), box_lower, box_upper,
-                             {relu: (low[0], up[0]) for relu, (low, up) in root.items()})
+        engine, problem = dense_bab_problem(network, lower, upper, C, d)
         search = gap.Recording(engine, problem, BabOptions(), MemoryBudget(4e9), lambda points: None)
         outcome = search.run(time.monotonic())     # stops after bounding the roots (one step)
         if outcome.status != "timeout":

@@ -134,18 +134,26 @@ def near_tie_problem(seed: int, sizes: list[int]) -> tuple[ReluNetwork, np.ndarr
     return network, lower, upper, C, d
 
 
+def dense_bab_problem(network: ReluNetwork, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, d: np.ndarray,
+                      threshold: float = 1e-5) -> tuple[SplitBoundEngine, BabProblem]:
+    """The bound engine of a dense problem and its branch and bound problem, from CROWN's root bounds;
+    every row must clear ``threshold`` to be refuted."""
+    engine = SplitBoundEngine(network.to_graph())
+    box_lower, box_upper = torch.tensor(lower, dtype=torch.float32), torch.tensor(upper, dtype=torch.float32)
+    root = engine.intermediate_bounds(box_lower[None], box_upper[None])
+    problem = BabProblem(torch.tensor(C, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
+                         torch.full(d.shape, threshold), box_lower, box_upper,
+                         {relu: (low[0], up[0]) for relu, (low, up) in root.items()})
+    return engine, problem
+
+
 def branch_and_bound(network: ReluNetwork, lower: np.ndarray, upper: np.ndarray, C: np.ndarray, d: np.ndarray,
                      options: BabOptions, timeout: float, memory_limit: float = 4e9, max_domains: int | None = None
                      ) -> tuple[BranchAndBound, BabOutcome]:
     """Branch and bound alone on a dense problem, from CROWN's root bounds: the search (for inspection) and
     its outcome; counterexamples are confirmed on the float64 network. ``max_domains`` overrides the store's
     capacity that the memory limit gives."""
-    engine = SplitBoundEngine(network.to_graph())
-    box_lower, box_upper = torch.tensor(lower, dtype=torch.float32), torch.tensor(upper, dtype=torch.float32)
-    root = engine.intermediate_bounds(box_lower[None], box_upper[None])
-    problem = BabProblem(torch.tensor(C, dtype=torch.float32), torch.tensor(d, dtype=torch.float32),
-                         torch.full(d.shape, 1e-5), box_lower, box_upper,
-                         {relu: (low[0], up[0]) for relu, (low, up) in root.items()})
+    engine, problem = dense_bab_problem(network, lower, upper, C, d)
 
     def confirm(points: torch.Tensor) -> torch.Tensor | None:
         for point in points:
